@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub mod afpacket;
 pub mod memory;
+pub mod sys;
 
 /// What the kernel told us about one received frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
