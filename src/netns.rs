@@ -265,6 +265,13 @@ fn check_name(op: &str, name: &str) -> io::Result<()> {
 /// Creates `/run/netns` and makes it a shared mount point, bind-mounting it
 /// on itself first if it is not a mount point yet (iproute2 does the same).
 fn prepare_run_dir() -> io::Result<()> {
+    // Serialised so that two threads creating namespaces at once cannot
+    // both bind-mount /run/netns on itself (a stacked mount). Poisoning is
+    // harmless: the lock guards no data.
+    static PREPARE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = PREPARE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     fs::create_dir_all(NETNS_RUN_DIR)?;
     let dir = c_path(Path::new(NETNS_RUN_DIR))?;
     for _ in 0..2 {
