@@ -186,10 +186,34 @@ impl NetNs {
         remove_mount(&self.path)
     }
 
+    /// Removes this handle's name under `/run/netns` whoever created it,
+    /// as `ip netns delete` does (for `lab down`). Fails for unnamed ones.
+    pub fn delete_named(mut self) -> io::Result<()> {
+        self.owned = false;
+        let Some(name) = self.name.take() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "delete netns: namespace has no name",
+            ));
+        };
+        remove_mount(&self.path).map_err(|e| context(&format!("delete netns {name}"), e))
+    }
+
     /// Gives up ownership: the namespace stays after this handle is gone
     /// (for `lab up`; [`delete_named`] removes it later).
     pub fn keep(mut self) {
+        self.disown();
+    }
+
+    /// Like [`NetNs::keep`], for a handle the caller cannot move out of.
+    pub fn disown(&mut self) {
         self.owned = false;
+    }
+
+    /// Names of the namespaces under `/run/netns`, sorted (same as the
+    /// module's [`list_named`]).
+    pub fn list_named() -> io::Result<Vec<String>> {
+        list_named()
     }
 
     /// Brings `lo` up, from a thread inside the namespace.
@@ -241,9 +265,7 @@ pub fn list_named() -> io::Result<Vec<String>> {
 /// Removes the named namespace `name` as `ip netns delete` does, whoever
 /// created it (for `lab down`).
 pub fn delete_named(name: &str) -> io::Result<()> {
-    let op = format!("delete netns {name}");
-    check_name(&op, name)?;
-    remove_mount(&Path::new(NETNS_RUN_DIR).join(name)).map_err(|e| context(&op, e))
+    NetNs::open(name)?.delete_named()
 }
 
 /// iproute2's rule: a name is one path component.

@@ -115,7 +115,12 @@ fn netns_lifecycle_steps(names: &[String]) {
     // keep() leaves it for someone else; delete_named removes it.
     NetNs::create(&names[1]).unwrap().keep();
     assert!(netns::list_named().unwrap().contains(&names[1]));
-    netns::delete_named(&names[1]).unwrap();
+    assert!(NetNs::list_named().unwrap().contains(&names[1]));
+    let mut kept = NetNs::open(&names[1]).unwrap();
+    kept.disown();
+    kept.delete_named().unwrap();
+    assert_gone(&names[1..2]);
+    assert!(netns::delete_named(&names[1]).is_err(), "already gone");
 
     // A panic while the guard is alive still removes the namespace.
     let name = names[2].clone();
