@@ -862,7 +862,7 @@ impl ConnTable {
             }
             let deadline = self.entries[head as usize].deadline;
             let seen = deadline.wrapping_sub(self.timeouts_ms[state as usize]);
-            if best.map_or(true, |(_, _, b)| is_before(seen, b)) {
+            if best.is_none_or(|(_, _, b)| is_before(seen, b)) {
                 best = Some((head, state, seen));
             }
         }

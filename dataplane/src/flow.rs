@@ -45,6 +45,11 @@ impl Addr16 {
             IpAddr::V6(a) => Self::from_v6(a),
         }
     }
+    /// True for the IPv4-mapped form `::ffff:a.b.c.d`.
+    #[inline]
+    pub fn is_v4(self) -> bool {
+        self.0[..10] == [0; 10] && self.0[10] == 0xff && self.0[11] == 0xff
+    }
     pub fn to_ip(self) -> IpAddr {
         let v6 = Ipv6Addr::from(self.0);
         match v6.to_ipv4_mapped() {

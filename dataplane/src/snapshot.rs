@@ -1,1 +1,437 @@
-//! placeholder: written in progress
+//! Immutable tables the control plane publishes to the workers.
+//!
+//! Two snapshots, swapped independently because they change at different
+//! rates: [`ServiceSnapshot`] (VIPs, services, backends, scheduler tables;
+//! changes with configuration and health) and [`NextHopSnapshot`] (routes and
+//! neighbour MACs mirrored from the kernel; changes whenever a neighbour is
+//! learnt). Workers see them through [`Published`], which they read between
+//! batches with a per-worker cache so the packet path touches no shared
+//! written cache line unless a new snapshot was published.
+//!
+//! Identity that outlives a snapshot: service ids and backend ids are
+//! assigned by the control plane, never reused during the daemon's life, so
+//! connection entries stay meaningful across snapshot swaps.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::flow::{Addr16, L4Proto};
+use crate::sched::{SchedTable, SchedulerKind};
+
+/// A fast, non-keyed hasher for small fixed-size keys (FxHash). Safe here:
+/// keys are configuration (VIPs, backends), not attacker-chosen flow data.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64)
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(i as u64)
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64)
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64)
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type FxBuild = BuildHasherDefault<FxHasher>;
+pub type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
+
+/// A backend endpoint as the dataplane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Stable id of the endpoint (address, port, protocol), unique for the
+    /// daemon's life (see module doc): the same endpoint in two services
+    /// has one id, so a reply names one backend. Assigned densely from 0
+    /// (per-backend gauges are indexed by it).
+    pub id: u32,
+    pub addr: Addr16,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// One VIP:port:protocol service.
+#[derive(Debug)]
+pub struct Service {
+    /// Stable id, unique for the daemon's life.
+    pub id: u32,
+    pub name: String,
+    pub vip: Addr16,
+    pub port: u16,
+    pub proto: L4Proto,
+    pub scheduler: SchedulerKind,
+    /// Backends in scheduler order; `sched` indexes into this.
+    pub backends: Vec<Backend>,
+    pub sched: SchedTable,
+}
+
+/// A dataplane interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub ifindex: u32,
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// A VIP address the dataplane answers ARP/ND and echo requests for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub addr: IpAddr,
+    /// Interfaces on which it is answered (all client-facing links).
+    pub ifindexes: Vec<u32>,
+}
+
+/// Where a backend reply comes from: which backend id and which service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    pub addr: Addr16,
+    pub port: u16,
+    pub proto: L4Proto,
+}
+
+/// Services, backends, VIPs: everything configuration and health decide.
+#[derive(Debug, Default)]
+pub struct ServiceSnapshot {
+    pub generation: u64,
+    pub services: Vec<Service>,
+    pub vips: Vec<Vip>,
+    pub interfaces: Vec<Interface>,
+    by_vip: FxHashMap<(Addr16, u16, L4Proto), usize>,
+    by_id: FxHashMap<u32, usize>,
+    by_backend: FxHashMap<(Addr16, u16, L4Proto), u32>,
+    backends_by_id: FxHashMap<u32, Backend>,
+    vip_addrs: FxHashMap<Addr16, ()>,
+    /// VIPs this node answers for (ARP, ND, echo), with their links.
+    answered: FxHashMap<Addr16, Vec<u32>>,
+}
+
+impl ServiceSnapshot {
+    /// Builds the lookup indexes. `retired` lists backends that left the
+    /// configuration but may still have live connections: replies from them
+    /// must still be translated until those connections end.
+    pub fn new(
+        generation: u64,
+        services: Vec<Service>,
+        vips: Vec<Vip>,
+        interfaces: Vec<Interface>,
+        retired: Vec<(Backend, L4Proto)>,
+    ) -> Self {
+        let mut s = ServiceSnapshot {
+            generation,
+            vips,
+            interfaces,
+            ..Default::default()
+        };
+        for (b, proto) in retired {
+            s.by_backend.insert((b.addr, b.port, proto), b.id);
+            s.backends_by_id.insert(b.id, b);
+        }
+        for (i, svc) in services.iter().enumerate() {
+            s.by_vip.insert((svc.vip, svc.port, svc.proto), i);
+            s.by_id.insert(svc.id, i);
+            s.vip_addrs.insert(svc.vip, ());
+            for b in &svc.backends {
+                s.by_backend.insert((b.addr, b.port, svc.proto), b.id);
+                s.backends_by_id.insert(b.id, b.clone());
+            }
+        }
+        for v in &s.vips {
+            s.vip_addrs.insert(Addr16::from_ip(v.addr), ());
+            s.answered
+                .insert(Addr16::from_ip(v.addr), v.ifindexes.clone());
+        }
+        s.services = services;
+        s
+    }
+
+    #[inline]
+    pub fn service_for(&self, vip: Addr16, port: u16, proto: L4Proto) -> Option<&Service> {
+        self.by_vip
+            .get(&(vip, port, proto))
+            .map(|i| &self.services[*i])
+    }
+
+    #[inline]
+    pub fn service_by_id(&self, id: u32) -> Option<&Service> {
+        self.by_id.get(&id).map(|i| &self.services[*i])
+    }
+
+    #[inline]
+    pub fn is_vip(&self, addr: Addr16) -> bool {
+        self.vip_addrs.contains_key(&addr)
+    }
+
+    /// Whether this node answers ARP/ND and echo requests for `addr` on
+    /// `ifindex`.
+    #[inline]
+    pub fn answers_on(&self, addr: Addr16, ifindex: u32) -> bool {
+        self.answered
+            .get(&addr)
+            .is_some_and(|links| links.contains(&ifindex))
+    }
+
+    /// The backend id of a reply's source endpoint, if it is a backend.
+    #[inline]
+    pub fn backend_id(&self, addr: Addr16, port: u16, proto: L4Proto) -> Option<u32> {
+        self.by_backend.get(&(addr, port, proto)).copied()
+    }
+
+    #[inline]
+    pub fn backend(&self, id: u32) -> Option<&Backend> {
+        self.backends_by_id.get(&id)
+    }
+
+    pub fn interface(&self, ifindex: u32) -> Option<&Interface> {
+        self.interfaces.iter().find(|i| i.ifindex == ifindex)
+    }
+}
+
+/// A route mirrored from the kernel's main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Prefix in the 16-byte form (IPv4 as `::ffff:0:0/96` + prefix).
+    pub prefix: Addr16,
+    /// Prefix length counted over the 16-byte form (IPv4 /24 is 96 + 24).
+    pub len: u8,
+    pub oif: u32,
+    pub gateway: Option<Addr16>,
+    /// IPv4 route: matches only IPv4 destinations (an IPv6 `::/0` must not
+    /// swallow IPv4-mapped addresses, nor the reverse).
+    pub v4: bool,
+}
+
+impl Route {
+    pub fn new(dst: IpAddr, prefix_len: u8, oif: u32, gateway: Option<IpAddr>) -> Self {
+        let len = match dst {
+            IpAddr::V4(_) => 96 + prefix_len.min(32),
+            IpAddr::V6(_) => prefix_len.min(128),
+        };
+        Route {
+            prefix: mask(Addr16::from_ip(dst), len),
+            len,
+            oif,
+            gateway: gateway.map(Addr16::from_ip),
+            v4: dst.is_ipv4(),
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, a: Addr16) -> bool {
+        a.is_v4() == self.v4 && mask(a, self.len) == self.prefix
+    }
+}
+
+fn mask(a: Addr16, len: u8) -> Addr16 {
+    let v = u128::from_be_bytes(a.0);
+    let m = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    };
+    Addr16((v & m).to_be_bytes())
+}
+
+/// Where to send a frame for a destination address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+/// Why there is no next hop yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHopMiss {
+    NoRoute,
+    /// The neighbour (`addr` on `ifindex`) has no MAC yet.
+    Unresolved {
+        ifindex: u32,
+        addr: Addr16,
+    },
+}
+
+/// Routes and neighbour MACs mirrored from the kernel.
+#[derive(Debug, Default)]
+pub struct NextHopSnapshot {
+    pub generation: u64,
+    /// Sorted longest prefix first.
+    routes: Vec<Route>,
+    neighbours: FxHashMap<(u32, Addr16), [u8; 6]>,
+    macs: FxHashMap<u32, [u8; 6]>,
+}
+
+impl NextHopSnapshot {
+    pub fn new(
+        generation: u64,
+        mut routes: Vec<Route>,
+        neighbours: impl IntoIterator<Item = (u32, IpAddr, [u8; 6])>,
+        interface_macs: impl IntoIterator<Item = (u32, [u8; 6])>,
+    ) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.len));
+        NextHopSnapshot {
+            generation,
+            routes,
+            neighbours: neighbours
+                .into_iter()
+                .map(|(i, a, m)| ((i, Addr16::from_ip(a)), m))
+                .collect(),
+            macs: interface_macs.into_iter().collect(),
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Whether the MAC of `addr` on `ifindex` is known.
+    pub fn has_neighbour(&self, ifindex: u32, addr: Addr16) -> bool {
+        self.neighbours.contains_key(&(ifindex, addr))
+    }
+
+    /// Longest-prefix match, then the neighbour MAC of the gateway or of the
+    /// destination itself on a connected route.
+    #[inline]
+    pub fn lookup(&self, dst: Addr16) -> Result<NextHop, NextHopMiss> {
+        let route = self
+            .routes
+            .iter()
+            .find(|r| r.contains(dst))
+            .ok_or(NextHopMiss::NoRoute)?;
+        let src_mac = *self.macs.get(&route.oif).ok_or(NextHopMiss::NoRoute)?;
+        let hop = route.gateway.unwrap_or(dst);
+        match self.neighbours.get(&(route.oif, hop)) {
+            Some(mac) => Ok(NextHop {
+                ifindex: route.oif,
+                src_mac,
+                dst_mac: *mac,
+            }),
+            None => Err(NextHopMiss::Unresolved {
+                ifindex: route.oif,
+                addr: hop,
+            }),
+        }
+    }
+}
+
+/// A snapshot slot the control plane stores into and workers read from.
+pub struct Published<T> {
+    slot: Arc<ArcSwap<T>>,
+}
+
+impl<T> Published<T> {
+    pub fn new(value: T) -> Self {
+        Published {
+            slot: Arc::new(ArcSwap::from_pointee(value)),
+        }
+    }
+
+    pub fn store(&self, value: T) {
+        self.slot.store(Arc::new(value));
+    }
+
+    pub fn load(&self) -> Arc<T> {
+        self.slot.load_full()
+    }
+
+    /// A per-worker reader: reads the shared slot's pointer but only takes a
+    /// reference count when a new snapshot was published.
+    pub fn reader(&self) -> SnapshotReader<T> {
+        SnapshotReader {
+            cache: arc_swap::Cache::new(Arc::clone(&self.slot)),
+        }
+    }
+}
+
+/// See [`Published::reader`].
+pub struct SnapshotReader<T> {
+    cache: arc_swap::Cache<Arc<ArcSwap<T>>, Arc<T>>,
+}
+
+impl<T> SnapshotReader<T> {
+    #[inline]
+    pub fn current(&mut self) -> &Arc<T> {
+        self.cache.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Addr16 {
+        Addr16::from_ip(s.parse().unwrap())
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_gateway_is_resolved() {
+        let nh = NextHopSnapshot::new(
+            1,
+            vec![
+                Route::new(
+                    "0.0.0.0".parse().unwrap(),
+                    0,
+                    2,
+                    Some("198.18.0.254".parse().unwrap()),
+                ),
+                Route::new("198.18.20.0".parse().unwrap(), 24, 3, None),
+                Route::new("198.18.0.0".parse().unwrap(), 24, 2, None),
+            ],
+            [
+                (2, "198.18.0.254".parse().unwrap(), [2, 0, 0, 0, 0, 0xfe]),
+                (3, "198.18.20.2".parse().unwrap(), [2, 0, 0, 0, 0, 2]),
+            ],
+            [(2, [2, 0, 0, 0, 0, 1]), (3, [2, 0, 0, 0, 0, 3])],
+        );
+        let hop = nh.lookup(a("198.18.20.2")).unwrap();
+        assert_eq!((hop.ifindex, hop.dst_mac[5], hop.src_mac[5]), (3, 2, 3));
+        let hop = nh.lookup(a("198.19.1.1")).unwrap();
+        assert_eq!((hop.ifindex, hop.dst_mac[5]), (2, 0xfe));
+        assert_eq!(
+            nh.lookup(a("198.18.0.7")),
+            Err(NextHopMiss::Unresolved {
+                ifindex: 2,
+                addr: a("198.18.0.7")
+            })
+        );
+        assert_eq!(nh.lookup(a("2001:db8::1")), Err(NextHopMiss::NoRoute));
+    }
+
+    #[test]
+    fn v4_default_route_does_not_match_v6() {
+        let r = Route::new("0.0.0.0".parse().unwrap(), 0, 1, None);
+        assert!(r.contains(a("203.0.113.1")));
+        assert!(!r.contains(a("2001:db8::1")));
+        let r6 = Route::new("::".parse().unwrap(), 0, 1, None);
+        assert!(r6.contains(a("2001:db8::1")));
+        assert!(!r6.contains(a("198.18.0.1")));
+    }
+}

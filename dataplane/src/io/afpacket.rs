@@ -1641,7 +1641,7 @@ mod tests {
             f.extend_from_slice(&[64, self.proto, 0, 0]);
             f.extend_from_slice(&self.src.octets());
             f.extend_from_slice(&self.dst.octets());
-            f.extend(std::iter::repeat(1).take(4 * self.options));
+            f.extend(std::iter::repeat_n(1, 4 * self.options));
             f.extend(l4(self.proto, self.sport, self.dport));
             f
         }

@@ -148,7 +148,7 @@ impl MemIo {
     fn can_send_on(&self, ifindex: u32) -> bool {
         self.interfaces
             .as_ref()
-            .map_or(true, |set| set.contains(&ifindex))
+            .is_none_or(|set| set.contains(&ifindex))
     }
 
     fn poll_queue(&mut self, handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict) -> usize {

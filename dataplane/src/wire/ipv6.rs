@@ -219,7 +219,7 @@ impl Ipv6Chain {
     /// Whether the bytes at `upper_offset` are the upper-layer header
     /// (not a non-first fragment).
     pub fn has_upper_header(&self) -> bool {
-        self.fragment.map_or(true, |f| f.offset == 0)
+        self.fragment.is_none_or(|f| f.offset == 0)
     }
 }
 
@@ -549,7 +549,7 @@ mod tests {
                 let hlen = lens[i] % 4;
                 packet.push(next);
                 packet.push(hlen);
-                packet.extend(std::iter::repeat(0).take(6 + usize::from(hlen) * 8));
+                packet.extend(std::iter::repeat_n(0, 6 + usize::from(hlen) * 8));
             }
             packet.extend_from_slice(&tail);
             let result = walk_chain(IpProtocol::from(kinds[0]), &packet, 40);
