@@ -1067,7 +1067,7 @@ fn parse_l4(frame: &[u8], ip: Ip, protocol: IpProtocol) -> Option<L4> {
 /// The pseudo-header sum of the packet's L4 segment as it is now.
 fn pseudo_sum(frame: &[u8], ip: Ip, proto: u8) -> u16 {
     let len = (ip.end - ip.l4) as u32;
-    match (ip.src.to_ip(), ip_dst_now(frame, ip)) {
+    match (ip_src_now(frame, ip), ip_dst_now(frame, ip)) {
         (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, proto, len),
         (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, proto, len),
         // Same family by construction.

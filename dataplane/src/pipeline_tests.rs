@@ -895,7 +895,19 @@ fn checksum_not_ready_frames_get_a_full_checksum() {
     };
     let (v, out) = b.run_meta(meta, &mut f);
     assert_eq!(tx_on(v), BACKEND_IF);
-    parse_out(&out); // verifies the checksum in full
+    let bport = parse_out(&out).dport(); // verifies the checksum in full
+                                         // And the reply, whose source the NAT rewrites.
+    let mut f = from_backend(tcp_frame(BACKEND4, bport, CLIENT4, 40000, SYN_ACK, 64));
+    let ps = pseudo(BACKEND4, CLIENT4, 6, 25);
+    f[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&ps.to_be_bytes());
+    let meta = RxMeta {
+        ifindex: BACKEND_IF,
+        wire_len: f.len() as u32,
+        csum_not_ready: true,
+    };
+    let (v, out) = b.run_meta(meta, &mut f);
+    assert_eq!(tx_on(v), CLIENT_IF);
+    parse_out(&out);
 }
 
 #[test]

@@ -1,0 +1,321 @@
+//! The vipgate configuration file: schema, parsing and validation.
+//!
+//! Owns: reading a TOML file into a typed [`Config`], and reporting every
+//! problem as `FILE:LINE:COL: FIELD: WHAT; FIX` ([`ConfigErrors`]). The
+//! checks against the machine use a [`SystemView`] the caller fills in;
+//! this module never touches the system (`vipgate check` relies on that).
+//! Must not: depend on other vipgate modules, start anything, or log.
+//!
+//! Layout:
+//! - `tree`: TOML text to a tree that keeps spans;
+//! - `reader`: typed reads from the tree, collecting errors;
+//! - `schema`: sections, keys, types, ranges, defaults (one value at a time);
+//! - `checks`: entries compared with each other (duplicates, families...);
+//! - `system`: the configuration against a [`SystemView`];
+//! - `model`: the validated [`Config`] types; `error`: the error types;
+//! - `duration`: `"900s"`-style durations; `suggest`: "did you mean".
+//!
+//! The schema, with defaults (see `configs/*.toml` for commented examples):
+//!
+//! ```toml
+//! [node]
+//! name = "gw-a"                                  # required
+//! control_socket = "/run/vipgate/control.sock"
+//!
+//! [[interface]]                                  # at least one
+//! name = "eth0"                                  # required
+//! role = "both"                                  # client | backend | both
+//!
+//! [dataplane]                                    # optional section
+//! workers = 0                                    # 0 = one per online core
+//! io = "af_packet"                               # af_packet | memory
+//! ring_block_size = 262144                       # power of two >= 4096
+//! ring_blocks = 64
+//! ring_frame_size = 2048                         # multiple of 16
+//! ring_block_timeout = "1ms"
+//! conn_capacity = 1048576                        # per worker
+//! disable_offloads = true
+//! [dataplane.timeouts]
+//! tcp_syn = "60s"
+//! tcp_established = "900s"
+//! tcp_closing = "120s"
+//! udp = "300s"
+//!
+//! [[service]]                                    # at least one
+//! name = "web"                                   # required
+//! vip = "198.18.1.10"                            # required, IPv4 or IPv6
+//! port = 80                                      # required
+//! protocol = "tcp"                               # tcp | udp
+//! scheduler = "maglev"                           # rr | wrr | lc | sh | maglev
+//! maglev_table_size = 65537                      # prime; maglev and sh only
+//! forwarding = "nat"                             # only nat for now
+//!   [[service.backend]]                          # at least one per service
+//!   address = "198.18.2.2"                       # required
+//!   port = 8080                                  # default: the service port
+//!   weight = 1                                   # 0..=65535, 0 = drain
+//! ```
+//!
+//! Reserved for later work and rejected with a message saying so: `[vrrp]`
+//! (`[[vrrp.instance]]`), `[bgp]` (`[[bgp.peer]]`), `[health]`, and `health`
+//! inside `[[service]]` and `[[service.backend]]`. Any other unknown key is an
+//! error too, with a "did you mean" where one is close.
+
+#![forbid(unsafe_code)]
+
+mod checks;
+mod duration;
+mod error;
+mod model;
+mod reader;
+mod schema;
+mod suggest;
+mod system;
+mod tree;
+
+use std::path::Path;
+
+pub use duration::{format_duration, parse_duration, DurationError};
+pub use error::{ConfigError, ConfigErrors, ErrorKind, Location};
+pub use model::*;
+pub use system::{InterfaceAddress, InterfaceAddressError, SystemInterface, SystemView};
+
+use reader::Ctx;
+use tree::Value;
+
+/// Reads `path` and validates it, including against `system`.
+///
+/// Errors name the file as `path` is written, so pass the path the operator
+/// gave. Never touches the system beyond reading `path`.
+pub fn load_and_validate(
+    path: impl AsRef<Path>,
+    system: &SystemView,
+) -> Result<Config, ConfigErrors> {
+    let path = path.as_ref();
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(source) => validate_str(&source, &origin, Some(system)),
+        Err(e) => Err(read_error(&origin, &e)),
+    }
+}
+
+/// Validates configuration text; `origin` is the file name used in errors.
+/// With `system = None` the checks against the machine are skipped (useful
+/// to check a config meant for another host).
+pub fn validate_str(
+    source: &str,
+    origin: &str,
+    system: Option<&SystemView>,
+) -> Result<Config, ConfigErrors> {
+    let ctx = Ctx::new(origin, source);
+    let root = match tree::parse(source) {
+        Ok(root) => root,
+        Err(e) => {
+            report_syntax(&ctx, e);
+            return Err(ConfigErrors::new(origin, ctx.into_errors()));
+        }
+    };
+    let Value::Table(table) = &root.value else {
+        ctx.report(
+            ErrorKind::Syntax,
+            None,
+            "",
+            "the document is not a TOML table",
+            "write key = value pairs and [sections]",
+        );
+        return Err(ConfigErrors::new(origin, ctx.into_errors()));
+    };
+    let draft = schema::read(&ctx, table);
+    checks::check(&ctx, &draft);
+    if let Some(view) = system {
+        system::check(&ctx, &draft, view);
+    }
+    if ctx.has_errors() {
+        return Err(ConfigErrors::new(origin, ctx.into_errors()));
+    }
+    match schema::build(draft) {
+        Some(config) => Ok(config),
+        None => {
+            ctx.report(
+                ErrorKind::InvalidValue,
+                None,
+                "",
+                "internal error: a field was neither valid nor reported",
+                "please report this with the config file",
+            );
+            Err(ConfigErrors::new(origin, ctx.into_errors()))
+        }
+    }
+}
+
+fn report_syntax(ctx: &Ctx, e: tree::SyntaxError) {
+    let message = e
+        .message
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let help = if message.contains("duplicate key") {
+        "remove or rename one of the two definitions"
+    } else {
+        "fix the TOML syntax at this position (see https://toml.io)"
+    };
+    ctx.report(
+        ErrorKind::Syntax,
+        e.span,
+        "",
+        format!("TOML syntax error: {message}"),
+        help,
+    );
+}
+
+fn read_error(origin: &str, e: &std::io::Error) -> ConfigErrors {
+    let help = match e.kind() {
+        std::io::ErrorKind::NotFound => "check the path given to --config",
+        std::io::ErrorKind::PermissionDenied => {
+            "make the file readable by the user running vipgate"
+        }
+        std::io::ErrorKind::InvalidData => "save the file as UTF-8 text",
+        _ => "check that the path names a readable file",
+    };
+    let error = ConfigError {
+        kind: ErrorKind::Io,
+        origin: origin.to_string(),
+        location: None,
+        field: String::new(),
+        message: format!("cannot read the file: {e}"),
+        help: help.to_string(),
+    };
+    ConfigErrors::new(origin, vec![error])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+name = "gw"
+
+[[interface]]
+name = "eth0"
+
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+
+  [[service.backend]]
+  address = "198.18.2.2"
+"#;
+
+    fn view() -> SystemView {
+        let addr = |s: &str| s.parse::<InterfaceAddress>().expect("test address");
+        SystemView::new(vec![
+            SystemInterface::new("lo", vec![addr("127.0.0.1/8")]),
+            SystemInterface::new("eth0", vec![addr("198.18.2.1/24")]),
+        ])
+    }
+
+    fn errors(source: &str) -> Vec<String> {
+        match validate_str(source, "t.toml", Some(&view())) {
+            Ok(c) => panic!("expected errors, got {c:?}"),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let config = validate_str(MINIMAL, "t.toml", Some(&view())).expect("valid");
+        assert_eq!(
+            config.node.control_socket,
+            Path::new(DEFAULT_CONTROL_SOCKET)
+        );
+        assert_eq!(config.interfaces[0].role, InterfaceRole::Both);
+        assert_eq!(config.dataplane, DataplaneConfig::default());
+        let service = &config.services[0];
+        assert_eq!(service.protocol, Protocol::Tcp);
+        assert_eq!(service.scheduler, Scheduler::Maglev);
+        assert_eq!(service.maglev_table_size, DEFAULT_MAGLEV_TABLE_SIZE);
+        assert_eq!(service.forwarding, Forwarding::Nat);
+        let backend = service.backends[0];
+        assert_eq!(
+            backend.port.get(),
+            80,
+            "backend port defaults to the service port"
+        );
+        assert_eq!(backend.weight, 1);
+    }
+
+    #[test]
+    fn all_errors_are_reported_in_file_order() {
+        let source = MINIMAL
+            .replace("port = 80", "port = 0\nscheduler = \"mglev\"")
+            .replace("name = \"gw\"", "name = \"gw\"\nnmae = 1");
+        let errors = errors(&source);
+        assert_eq!(
+            errors,
+            [
+                "t.toml:4:1: node.nmae: unknown key \"nmae\" in [node]; expected one of name, control_socket (did you mean \"name\"?)",
+                "t.toml:12:8: service[0].port: port 0 is not a usable port; use a port from 1 to 65535",
+                "t.toml:13:13: service[0].scheduler: unknown scheduler \"mglev\"; expected one of rr, wrr, lc, sh, maglev (did you mean \"maglev\"?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_position() {
+        let errors = errors("[node]\nname = \"gw\n");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("t.toml:2:"), "{errors:?}");
+        assert!(errors[0].contains("TOML syntax error"), "{errors:?}");
+    }
+
+    #[test]
+    fn system_checks_are_skipped_without_a_view() {
+        let source = MINIMAL.replace("eth0", "eth9");
+        assert!(validate_str(&source, "t.toml", None).is_ok());
+        let errors = errors(&source);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("interface \"eth9\" does not exist; existing: lo, eth0"));
+        assert!(errors[0].contains("(did you mean \"eth0\"?)"));
+    }
+
+    #[test]
+    fn an_empty_file_names_every_missing_section() {
+        let errors = errors("");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("t.toml:1:1: node: missing section [node]"));
+        assert!(errors[1].starts_with("t.toml:1:1: interface: no dataplane interface"));
+        assert!(errors[2].starts_with("t.toml:1:1: service: no service"));
+    }
+
+    #[test]
+    fn unreadable_files_are_an_error_without_position() {
+        let err = load_and_validate("/nonexistent/vipgate.toml", &view()).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err.errors()[0].kind, ErrorKind::Io);
+        assert!(err
+            .to_string()
+            .starts_with("/nonexistent/vipgate.toml: cannot read the file"));
+        assert!(err
+            .to_string()
+            .ends_with("/nonexistent/vipgate.toml: 1 error"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, validation returns (never panics) and every
+        /// error has a position inside the file.
+        #[test]
+        fn never_panics_and_always_locates(source in "(\\[\\[?[a-z.]{0,12}\\]\\]?\n|[a-z_]{1,12} = (\"[a-z0-9.:/]{0,12}\"|-?[0-9]{1,6}|true|\\[\\])\n){0,12}") {
+            if let Err(errors) = validate_str(&source, "p.toml", Some(&view())) {
+                let lines = source.lines().count().max(1) + 1;
+                for e in errors.iter() {
+                    let at = e.location.expect("text errors have a position");
+                    proptest::prop_assert!(at.line <= lines, "{e} beyond {lines}");
+                    proptest::prop_assert!(!e.help.is_empty());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The validated configuration: plain typed data, no spans, no TOML.
+//!
+//! Owns: the [`Config`] types, their defaults and the names of the enum
+//! values as written in the file. Must not: read files, report errors, or
+//! depend on other vipgate modules (the dataplane maps these enums to its
+//! own types).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[node] control_socket` when not given.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vipgate/control.sock";
+/// `maglev_table_size` when not given: the prime the Maglev paper uses.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65_537;
+/// Largest accepted `maglev_table_size` (bounds memory per service).
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 16_777_213;
+/// A Maglev table must have at least this many entries per backend, so
+/// each backend's share stays within about 1% of its weight.
+pub const MAGLEV_ENTRIES_PER_BACKEND: u32 = 100;
+/// Most backends one service may have (the dataplane indexes them as `u16`).
+pub const MAX_BACKENDS: usize = u16::MAX as usize;
+/// `[dataplane] conn_capacity` when not given (entries per worker).
+pub const DEFAULT_CONN_CAPACITY: u32 = 1 << 20;
+/// Largest accepted `conn_capacity` per worker.
+pub const MAX_CONN_CAPACITY: u32 = 1 << 27;
+/// Largest accepted `[dataplane] workers`.
+pub const MAX_WORKERS: u16 = 1024;
+
+/// A whole vipgate configuration after validation.
+///
+/// Reserved for later work (rejected today with an error that says so):
+/// `[vrrp]`/`[[vrrp.instance]]`, `[bgp]`/`[[bgp.peer]]`, `[health]`, and
+/// `health` inside `[[service]]` and `[[service.backend]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node: NodeConfig,
+    /// Dataplane interfaces in file order; names are unique.
+    pub interfaces: Vec<InterfaceConfig>,
+    pub dataplane: DataplaneConfig,
+    /// Services in file order; names and (vip, port, protocol) are unique.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[node]`: this daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Node name, 1..=63 of `A-Z a-z 0-9 - _ .`.
+    pub name: String,
+    /// Absolute path of the control socket, short enough for `sun_path`.
+    pub control_socket: PathBuf,
+}
+
+/// `[[interface]]`: one link the dataplane opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    /// Kernel link name (1..=15 bytes).
+    pub name: String,
+    pub role: InterfaceRole,
+}
+
+/// Which traffic a dataplane interface carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InterfaceRole {
+    /// Clients reach VIPs through it.
+    Client,
+    /// Backends are reached through it.
+    Backend,
+    /// Both (the default).
+    Both,
+}
+
+/// `[dataplane]`: workers, packet I/O and connection tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Worker threads; 0 means one per online core. At most [`MAX_WORKERS`].
+    pub workers: u16,
+    pub io: IoBackend,
+    /// AF_PACKET ring geometry; ignored by [`IoBackend::Memory`].
+    pub ring: RingConfig,
+    /// Connection table entries per worker.
+    pub conn_capacity: u32,
+    pub timeouts: ConnTimeouts,
+    /// Turn GRO/LRO/TSO off on dataplane links at start, restore on exit.
+    pub disable_offloads: bool,
+}
+
+/// Packet I/O backend of the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoBackend {
+    /// AF_PACKET TPACKET_V3 rings with fanout.
+    AfPacket,
+    /// In-memory queues (tests and benchmarks; touches no link).
+    Memory,
+}
+
+/// AF_PACKET TPACKET_V3 ring geometry (per ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Bytes per block: a power of two, at least 4096.
+    pub block_size: u32,
+    /// Blocks per ring, at least 1.
+    pub blocks: u32,
+    /// Bytes per frame slot: a multiple of 16, 128..=block_size.
+    pub frame_size: u32,
+    /// The kernel retires a partly filled block after this long (whole
+    /// milliseconds, at least 1ms).
+    pub block_timeout: Duration,
+}
+
+/// `[dataplane.timeouts]`: idle time after which a connection entry expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnTimeouts {
+    /// TCP before the handshake completes.
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    /// TCP after a FIN or RST.
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+}
+
+/// `[[service]]`: one VIP:port/protocol and its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Unique name, 1..=63 of `A-Z a-z 0-9 - _ .`.
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: NonZeroU16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    /// A prime; used only when [`Scheduler::uses_maglev_table`].
+    pub maglev_table_size: u32,
+    pub forwarding: Forwarding,
+    /// 1..=[`MAX_BACKENDS`]; (address, port) unique; same address family
+    /// as `vip`.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[[service.backend]]`: one real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    pub port: NonZeroU16,
+    /// 0 drains the backend: no new connections, existing ones continue.
+    pub weight: u16,
+}
+
+/// Transport protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// How a service picks a backend for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// `rr`: round robin, weights other than 0 ignored.
+    RoundRobin,
+    /// `wrr`: weighted round robin.
+    WeightedRoundRobin,
+    /// `lc`: weighted least connections (per worker).
+    LeastConnections,
+    /// `sh`: weighted source address hash (over a Maglev table).
+    SourceHash,
+    /// `maglev`: weighted Maglev consistent hashing (the default); every
+    /// node picks the same backend for a flow.
+    Maglev,
+}
+
+/// How packets reach the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Forwarding {
+    /// Destination NAT (LVS-NAT): replies must come back through vipgate.
+    Nat,
+}
+
+impl Config {
+    pub fn interface(&self, name: &str) -> Option<&InterfaceConfig> {
+        self.interfaces.iter().find(|i| i.name == name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+impl InterfaceRole {
+    pub fn carries_clients(self) -> bool {
+        matches!(self, InterfaceRole::Client | InterfaceRole::Both)
+    }
+
+    pub fn carries_backends(self) -> bool {
+        matches!(self, InterfaceRole::Backend | InterfaceRole::Both)
+    }
+}
+
+impl DataplaneConfig {
+    /// Number of workers to start on a machine with `online_cores` cores.
+    pub fn worker_count(&self, online_cores: usize) -> usize {
+        match self.workers {
+            0 => online_cores.max(1),
+            n => usize::from(n),
+        }
+    }
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            workers: 0,
+            io: IoBackend::AfPacket,
+            ring: RingConfig::default(),
+            conn_capacity: DEFAULT_CONN_CAPACITY,
+            timeouts: ConnTimeouts::default(),
+            disable_offloads: true,
+        }
+    }
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            block_size: 1 << 18,
+            blocks: 64,
+            frame_size: 2048,
+            block_timeout: Duration::from_millis(1),
+        }
+    }
+}
+
+impl Default for ConnTimeouts {
+    /// The IPVS defaults.
+    fn default() -> Self {
+        ConnTimeouts {
+            tcp_syn: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(900),
+            tcp_closing: Duration::from_secs(120),
+            udp: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ServiceConfig {
+    pub fn vip_endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.vip, self.port.get())
+    }
+}
+
+impl BackendConfig {
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port.get())
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.weight == 0
+    }
+}
+
+impl Scheduler {
+    /// Whether the scheduler builds a Maglev lookup table of
+    /// `maglev_table_size` entries (maglev, and sh which hashes the source
+    /// address into one).
+    pub fn uses_maglev_table(self) -> bool {
+        matches!(self, Scheduler::Maglev | Scheduler::SourceHash)
+    }
+}
+
+impl Protocol {
+    /// IANA protocol number (the IPv4 protocol / IPv6 next-header value).
+    pub fn ip_protocol_number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// A closed set of names that a config value must be one of.
+pub(crate) trait Choice: Copy + 'static {
+    /// What the value is, for messages: "scheduler".
+    const WHAT: &'static str;
+    /// All accepted values, in the order the error message lists them.
+    const ALL: &'static [Self];
+    /// Names that are known but not implemented yet.
+    const NOT_YET: &'static [&'static str] = &[];
+    fn name(self) -> &'static str;
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.name() == name)
+    }
+}
+
+/// Implements `name()`, `Display` and [`Choice`] from one name table.
+macro_rules! named {
+    ($ty:ty, $what:literal, [$($variant:path => $name:literal),+ $(,)?] $(, not_yet: $not_yet:expr)?) => {
+        impl $ty {
+            /// The name as written in the config file.
+            pub fn name(self) -> &'static str {
+                match self { $($variant => $name),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        impl Choice for $ty {
+            const WHAT: &'static str = $what;
+            const ALL: &'static [Self] = &[$($variant),+];
+            $(const NOT_YET: &'static [&'static str] = $not_yet;)?
+            fn name(self) -> &'static str {
+                <$ty>::name(self)
+            }
+        }
+    };
+}
+
+named!(InterfaceRole, "interface role", [
+    InterfaceRole::Client => "client",
+    InterfaceRole::Backend => "backend",
+    InterfaceRole::Both => "both",
+]);
+named!(IoBackend, "io backend", [
+    IoBackend::AfPacket => "af_packet",
+    IoBackend::Memory => "memory",
+], not_yet: &["af_xdp"]);
+named!(Protocol, "protocol", [Protocol::Tcp => "tcp", Protocol::Udp => "udp"]);
+named!(Scheduler, "scheduler", [
+    Scheduler::RoundRobin => "rr",
+    Scheduler::WeightedRoundRobin => "wrr",
+    Scheduler::LeastConnections => "lc",
+    Scheduler::SourceHash => "sh",
+    Scheduler::Maglev => "maglev",
+]);
+named!(Forwarding, "forwarding method", [Forwarding::Nat => "nat"], not_yet: &["dr", "tunnel"]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Scheduler::ALL {
+            assert_eq!(Scheduler::from_name(s.name()), Some(*s));
+        }
+        assert_eq!(Scheduler::from_name("mglev"), None);
+        assert_eq!(Scheduler::Maglev.to_string(), "maglev");
+        assert_eq!(IoBackend::from_name("af_packet"), Some(IoBackend::AfPacket));
+        assert_eq!(Forwarding::NOT_YET, &["dr", "tunnel"]);
+    }
+
+    #[test]
+    fn worker_count_zero_means_one_per_core() {
+        let mut dp = DataplaneConfig::default();
+        assert_eq!(dp.worker_count(8), 8);
+        assert_eq!(dp.worker_count(0), 1);
+        dp.workers = 3;
+        assert_eq!(dp.worker_count(8), 3);
+    }
+
+    #[test]
+    fn roles() {
+        assert!(InterfaceRole::Both.carries_clients() && InterfaceRole::Both.carries_backends());
+        assert!(!InterfaceRole::Client.carries_backends());
+        assert!(!InterfaceRole::Backend.carries_clients());
+    }
+}

@@ -1,0 +1,723 @@
+//! The vipgate schema: which sections and keys exist, their types, ranges and
+//! defaults, and the checks that concern one value at a time.
+//!
+//! Owns: reading the tree into a [`Draft`] (every field optional, with
+//! spans, so later checks can point at it) and turning a clean draft into a
+//! [`Config`]. Must not: compare entries with each other (that is
+//! `checks.rs`) or look at the system (`system.rs`).
+
+use std::net::IpAddr;
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::ErrorKind;
+use super::model::*;
+use super::reader::{At, Ctx, Reserved, Section};
+use super::tree::{Span, Table};
+
+const ROOT_KEYS: &[&str] = &["node", "interface", "dataplane", "service"];
+const NODE_KEYS: &[&str] = &["name", "control_socket"];
+const INTERFACE_KEYS: &[&str] = &["name", "role"];
+const DATAPLANE_KEYS: &[&str] = &[
+    "workers",
+    "io",
+    "ring_block_size",
+    "ring_blocks",
+    "ring_frame_size",
+    "ring_block_timeout",
+    "conn_capacity",
+    "timeouts",
+    "disable_offloads",
+];
+const TIMEOUT_KEYS: &[&str] = &["tcp_syn", "tcp_established", "tcp_closing", "udp"];
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "vip",
+    "port",
+    "protocol",
+    "scheduler",
+    "maglev_table_size",
+    "forwarding",
+    "backend",
+];
+const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
+
+const ROOT_RESERVED: &[Reserved] = &[
+    Reserved {
+        key: "vrrp",
+        message: "[vrrp] is reserved for VRRP, which this version of vipgate does not implement yet",
+        help: "remove the [vrrp] and [[vrrp.instance]] sections for now",
+    },
+    Reserved {
+        key: "bgp",
+        message: "[bgp] is reserved for BGP, which this version of vipgate does not implement yet",
+        help: "remove the [bgp] and [[bgp.peer]] sections for now",
+    },
+    Reserved {
+        key: "health",
+        message: "[health] is reserved for health checking, which this version of vipgate does not implement yet",
+        help: "remove the [health] section for now",
+    },
+];
+const SERVICE_RESERVED: &[Reserved] = &[Reserved {
+    key: "health",
+    message: "service health checks are reserved for a later version of vipgate",
+    help: "remove the [service.health] section for now",
+}];
+const BACKEND_RESERVED: &[Reserved] = &[Reserved {
+    key: "health",
+    message: "backend health checks are reserved for a later version of vipgate",
+    help: "remove the [service.backend.health] section for now",
+}];
+
+/// Longest control socket path: `sun_path` is 108 bytes with the final NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// Longest Linux interface name (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+const MAX_NAME: usize = 63;
+
+/// The configuration as read, before cross-entry checks.
+pub(crate) struct Draft {
+    pub node: Option<NodeConfig>,
+    pub interfaces: Vec<InterfaceDraft>,
+    pub dataplane: DataplaneConfig,
+    pub services: Vec<ServiceDraft>,
+}
+
+pub(crate) struct InterfaceDraft {
+    pub index: usize,
+    pub span: Option<Span>,
+    pub name: Option<At<String>>,
+    pub role: Option<At<InterfaceRole>>,
+}
+
+pub(crate) struct ServiceDraft {
+    pub index: usize,
+    pub span: Option<Span>,
+    pub name: Option<At<String>>,
+    pub vip: Option<At<IpAddr>>,
+    pub port: Option<At<NonZeroU16>>,
+    pub protocol: Option<At<Protocol>>,
+    pub scheduler: Option<At<Scheduler>>,
+    /// `None` when the value was invalid; span `None` when defaulted.
+    pub maglev_table_size: Option<At<u32>>,
+    pub forwarding: Option<At<Forwarding>>,
+    /// `[[service.backend]]` entries in the file, valid or not.
+    pub declared_backends: usize,
+    pub backends: Vec<BackendDraft>,
+}
+
+pub(crate) struct BackendDraft {
+    pub index: usize,
+    pub address: Option<At<IpAddr>>,
+    pub port: BackendPort,
+    pub weight: Option<At<u16>>,
+}
+
+/// A backend's `port`: absent means the service port.
+pub(crate) enum BackendPort {
+    ServicePort,
+    Given(At<NonZeroU16>),
+    Invalid,
+}
+
+/// Reads the whole document; every problem goes to `ctx`.
+pub(crate) fn read(ctx: &Ctx, root: &Table) -> Draft {
+    let root = Section::open(
+        ctx,
+        root,
+        String::new(),
+        "",
+        Some(0..0),
+        ROOT_KEYS,
+        ROOT_RESERVED,
+    );
+    let node = read_node(&root);
+    let interfaces = read_interfaces(&root);
+    let dataplane = read_dataplane(&root);
+    let services = read_services(&root);
+    Draft {
+        node,
+        interfaces,
+        dataplane,
+        services,
+    }
+}
+
+/// `got` when the key is present (possibly `None` if invalid), else the
+/// default without a span.
+fn or_default<T>(s: &Section, key: &str, got: Option<At<T>>, default: T) -> Option<At<T>> {
+    if s.has(key) {
+        got
+    } else {
+        Some(At {
+            value: default,
+            span: None,
+        })
+    }
+}
+
+fn read_node(root: &Section) -> Option<NodeConfig> {
+    if !root.has("node") {
+        root.ctx.report(
+            ErrorKind::Missing,
+            Some(0..0),
+            "node",
+            "missing section [node]",
+            "add a [node] section with name = \"gw-a\"",
+        );
+        return None;
+    }
+    let (table, span) = root.table("node")?;
+    let s = Section::open(
+        root.ctx,
+        table,
+        "node".into(),
+        "[node]",
+        span,
+        NODE_KEYS,
+        &[],
+    );
+    s.require("name", "\"gw-a\"");
+    let name = s
+        .string("name", "\"gw-a\"")
+        .and_then(|n| checked_name(&s, "name", n));
+    let socket = s.string("control_socket", "\"/run/vipgate/control.sock\"");
+    let control_socket = match socket {
+        Some(path) => checked_socket_path(&s, path)?,
+        None if s.has("control_socket") => return None,
+        None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+    };
+    Some(NodeConfig {
+        name: name?.value,
+        control_socket,
+    })
+}
+
+/// A node or service name: 1..=63 of `A-Z a-z 0-9 - _ .`.
+fn checked_name(s: &Section, key: &str, name: At<&str>) -> Option<At<String>> {
+    let ok_chars = name
+        .value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name.value.is_empty() && name.value.len() <= MAX_NAME && ok_chars {
+        return Some(At {
+            value: name.value.to_string(),
+            span: name.span,
+        });
+    }
+    s.invalid(
+        key,
+        &name.span,
+        format!("invalid name \"{}\"", name.value),
+        format!("use 1 to {MAX_NAME} of the characters A-Z a-z 0-9 - _ ., e.g. {key} = \"web-1\""),
+    );
+    None
+}
+
+fn checked_socket_path(s: &Section, path: At<&str>) -> Option<PathBuf> {
+    let problem = if !path.value.starts_with('/') {
+        Some("is not an absolute path")
+    } else if path.value.ends_with('/') {
+        Some("names a directory")
+    } else if path.value.len() > MAX_SOCKET_PATH {
+        Some("is longer than the 107 bytes a unix socket path may have")
+    } else {
+        None
+    };
+    let Some(problem) = problem else {
+        return Some(PathBuf::from(path.value));
+    };
+    s.invalid(
+        "control_socket",
+        &path.span,
+        format!("control_socket \"{}\" {problem}", path.value),
+        format!("use an absolute file path such as \"{DEFAULT_CONTROL_SOCKET}\""),
+    );
+    None
+}
+
+fn read_interfaces(root: &Section) -> Vec<InterfaceDraft> {
+    let tables = root.tables("interface", "[[interface]]");
+    if tables.is_empty() && !root.has("interface") {
+        root.ctx.report(
+            ErrorKind::Missing,
+            Some(0..0),
+            "interface",
+            "no dataplane interface",
+            "add an [[interface]] section with name = \"eth0\" for each link the dataplane uses",
+        );
+    }
+    tables
+        .into_iter()
+        .map(|(index, table, span)| read_interface(root, index, table, span))
+        .collect()
+}
+
+fn read_interface(
+    root: &Section,
+    index: usize,
+    table: &Table,
+    span: Option<Span>,
+) -> InterfaceDraft {
+    let path = format!("interface[{index}]");
+    let s = Section::open(
+        root.ctx,
+        table,
+        path,
+        "[[interface]]",
+        span.clone(),
+        INTERFACE_KEYS,
+        &[],
+    );
+    s.require("name", "\"eth0\"");
+    let name = s
+        .string("name", "\"eth0\"")
+        .and_then(|n| checked_ifname(&s, n));
+    let role = or_default(&s, "role", s.choice("role"), InterfaceRole::Both);
+    InterfaceDraft {
+        index,
+        span,
+        name,
+        role,
+    }
+}
+
+/// A Linux link name: 1..=15 bytes, no '/', ':' or white space, not "." or "..".
+fn checked_ifname(s: &Section, name: At<&str>) -> Option<At<String>> {
+    let n = name.value;
+    let bad_char = n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if !n.is_empty() && n.len() <= MAX_IFNAME && !bad_char && n != "." && n != ".." {
+        return Some(At {
+            value: n.to_string(),
+            span: name.span,
+        });
+    }
+    s.invalid(
+        "name",
+        &name.span,
+        format!("\"{n}\" is not a valid Linux interface name"),
+        format!("use 1 to {MAX_IFNAME} bytes without '/', ':' or spaces, as `ip link` shows it"),
+    );
+    None
+}
+
+fn read_dataplane(root: &Section) -> DataplaneConfig {
+    let mut dp = DataplaneConfig::default();
+    let Some((table, span)) = root.table("dataplane") else {
+        return dp;
+    };
+    let s = Section::open(
+        root.ctx,
+        table,
+        "dataplane".into(),
+        "[dataplane]",
+        span,
+        DATAPLANE_KEYS,
+        &[],
+    );
+    let workers_help = format!("use 0 for one worker per online core, or 1 to {MAX_WORKERS}");
+    if let Some(w) = s.int_in("workers", "0", 0, MAX_WORKERS, &workers_help) {
+        dp.workers = w.value;
+    }
+    if let Some(io) = s.choice("io") {
+        dp.io = io.value;
+    }
+    read_ring(&s, &mut dp.ring);
+    let cap_help = format!("use 1 to {MAX_CONN_CAPACITY} connection entries per worker");
+    if let Some(c) = s.int_in("conn_capacity", "1048576", 1, MAX_CONN_CAPACITY, &cap_help) {
+        dp.conn_capacity = c.value;
+    }
+    if let Some(b) = s.boolean("disable_offloads") {
+        dp.disable_offloads = b.value;
+    }
+    read_timeouts(&s, &mut dp.timeouts);
+    dp
+}
+
+fn read_ring(s: &Section, ring: &mut RingConfig) {
+    let block = s.int_in(
+        "ring_block_size",
+        "262144",
+        4096u32,
+        1 << 30,
+        "use a power of two from 4096 to 1073741824 bytes",
+    );
+    if let Some(b) = block {
+        if b.value.is_power_of_two() {
+            ring.block_size = b.value;
+        } else {
+            let up = b.value.next_power_of_two();
+            s.invalid(
+                "ring_block_size",
+                &b.span,
+                format!("ring_block_size {} is not a power of two", b.value),
+                format!("use {} or {up}", up / 2),
+            );
+        }
+    }
+    if let Some(n) = s.int_in(
+        "ring_blocks",
+        "64",
+        1,
+        65_536,
+        "use 1 to 65536 blocks per ring",
+    ) {
+        ring.blocks = n.value;
+    }
+    read_frame_size(s, ring);
+    let timeout = s.duration(
+        "ring_block_timeout",
+        "\"1ms\"",
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    );
+    if let Some(t) = timeout {
+        ring.block_timeout = t.value;
+    }
+}
+
+fn read_frame_size(s: &Section, ring: &mut RingConfig) {
+    let Some(f) = s.int_in(
+        "ring_frame_size",
+        "2048",
+        128u32,
+        1 << 30,
+        "use a multiple of 16 from 128 bytes up to ring_block_size",
+    ) else {
+        return;
+    };
+    if f.value % 16 != 0 {
+        let down = f.value / 16 * 16;
+        s.invalid(
+            "ring_frame_size",
+            &f.span,
+            format!("ring_frame_size {} is not a multiple of 16", f.value),
+            format!("use {} or {}", down.max(128), down + 16),
+        );
+    } else if f.value > ring.block_size {
+        s.invalid(
+            "ring_frame_size",
+            &f.span,
+            format!(
+                "ring_frame_size {} is larger than ring_block_size {}",
+                f.value, ring.block_size
+            ),
+            "use a frame size of at most ring_block_size, or raise ring_block_size".to_string(),
+        );
+    } else {
+        ring.frame_size = f.value;
+    }
+}
+
+fn read_timeouts(dp: &Section, timeouts: &mut ConnTimeouts) {
+    let Some((table, span)) = dp.table("timeouts") else {
+        return;
+    };
+    let s = Section::open(
+        dp.ctx,
+        table,
+        "dataplane.timeouts".into(),
+        "[dataplane.timeouts]",
+        span,
+        TIMEOUT_KEYS,
+        &[],
+    );
+    let (min, max) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+    let fields: [(&str, &str, &mut Duration); 4] = [
+        ("tcp_syn", "\"60s\"", &mut timeouts.tcp_syn),
+        ("tcp_established", "\"900s\"", &mut timeouts.tcp_established),
+        ("tcp_closing", "\"120s\"", &mut timeouts.tcp_closing),
+        ("udp", "\"300s\"", &mut timeouts.udp),
+    ];
+    for (key, example, slot) in fields {
+        if let Some(d) = s.duration(key, example, min, max) {
+            *slot = d.value;
+        }
+    }
+}
+
+fn read_services(root: &Section) -> Vec<ServiceDraft> {
+    let tables = root.tables("service", "[[service]]");
+    if tables.is_empty() && !root.has("service") {
+        root.ctx.report(
+            ErrorKind::Missing,
+            Some(0..0),
+            "service",
+            "no service: vipgate would forward nothing",
+            "add a [[service]] with name, vip and port, and a [[service.backend]] under it",
+        );
+    }
+    tables
+        .into_iter()
+        .map(|(index, table, span)| read_service(root, index, table, span))
+        .collect()
+}
+
+fn read_service(root: &Section, index: usize, table: &Table, span: Option<Span>) -> ServiceDraft {
+    let path = format!("service[{index}]");
+    let s = Section::open(
+        root.ctx,
+        table,
+        path,
+        "[[service]]",
+        span.clone(),
+        SERVICE_KEYS,
+        SERVICE_RESERVED,
+    );
+    s.require("name", "\"web\"");
+    s.require("vip", "\"198.18.1.10\"");
+    s.require("port", "80");
+    let name = s
+        .string("name", "\"web\"")
+        .and_then(|n| checked_name(&s, "name", n));
+    let vip = s
+        .ip("vip", "\"198.18.1.10\"")
+        .and_then(|v| checked_address(&s, "vip", v));
+    let port = read_port(&s, "port");
+    let protocol = or_default(&s, "protocol", s.choice("protocol"), Protocol::Tcp);
+    let scheduler = or_default(&s, "scheduler", s.choice("scheduler"), Scheduler::Maglev);
+    let maglev_table_size = or_default(
+        &s,
+        "maglev_table_size",
+        read_maglev_size(&s),
+        DEFAULT_MAGLEV_TABLE_SIZE,
+    );
+    let forwarding = or_default(&s, "forwarding", s.choice("forwarding"), Forwarding::Nat);
+    let backend_tables = s.tables("backend", "[[service.backend]]");
+    let declared_backends = backend_tables.len();
+    if !s.has("backend") {
+        report_no_backends(&s, &name);
+    } else if declared_backends > MAX_BACKENDS {
+        s.invalid(
+            "backend",
+            &span,
+            format!("{declared_backends} backends, at most {MAX_BACKENDS} allowed per service"),
+            "split the backends over several services".to_string(),
+        );
+    }
+    let backends = backend_tables
+        .into_iter()
+        .map(|(i, t, sp)| read_backend(&s, i, t, sp))
+        .collect();
+    ServiceDraft {
+        index,
+        span,
+        name,
+        vip,
+        port,
+        protocol,
+        scheduler,
+        maglev_table_size,
+        forwarding,
+        declared_backends,
+        backends,
+    }
+}
+
+fn report_no_backends(s: &Section, name: &Option<At<String>>) {
+    let which = name
+        .as_ref()
+        .map_or(String::new(), |n| format!(" \"{}\"", n.value));
+    s.ctx.report(
+        ErrorKind::Missing,
+        s.span.clone(),
+        &s.field("backend"),
+        format!("service{which} has no backends"),
+        "add a [[service.backend]] with address = \"198.18.20.2\" after this [[service]]",
+    );
+}
+
+fn read_port(s: &Section, key: &str) -> Option<At<NonZeroU16>> {
+    let help = "use a port from 1 to 65535";
+    let port = s.int_in(key, "80", 0u16, u16::MAX, help)?;
+    match NonZeroU16::new(port.value) {
+        Some(value) => Some(At {
+            value,
+            span: port.span,
+        }),
+        None => {
+            s.invalid(
+                key,
+                &port.span,
+                format!("{key} 0 is not a usable port"),
+                help.to_string(),
+            );
+            None
+        }
+    }
+}
+
+/// Checks that need only the size itself; the backend count is checked in
+/// `checks.rs`.
+fn read_maglev_size(s: &Section) -> Option<At<u32>> {
+    let help =
+        format!("use a prime from 2 to {MAX_MAGLEV_TABLE_SIZE}, e.g. {DEFAULT_MAGLEV_TABLE_SIZE}");
+    let size = s.int_in(
+        "maglev_table_size",
+        "65537",
+        0u32,
+        MAX_MAGLEV_TABLE_SIZE,
+        &help,
+    )?;
+    if is_prime(size.value) {
+        return Some(size);
+    }
+    s.invalid(
+        "maglev_table_size",
+        &size.span,
+        format!("maglev_table_size {} is not prime", size.value),
+        format!("use a prime such as {}", next_prime(size.value)),
+    );
+    None
+}
+
+/// A VIP or backend address must be a unicast address a host can own.
+pub(crate) fn checked_address(s: &Section, key: &str, addr: At<IpAddr>) -> Option<At<IpAddr>> {
+    let problem = match addr.value {
+        a if a.is_unspecified() => Some("the unspecified address"),
+        a if a.is_loopback() => Some("a loopback address"),
+        a if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some("an IPv6 link-local address"),
+        _ => None,
+    };
+    let Some(problem) = problem else {
+        return Some(addr);
+    };
+    s.invalid(
+        key,
+        &addr.span,
+        format!("{key} {} is {problem}", addr.value),
+        "use a unicast address that a host can own, e.g. 198.18.1.10 or 2001:db8::10".to_string(),
+    );
+    None
+}
+
+fn read_backend(svc: &Section, index: usize, table: &Table, span: Option<Span>) -> BackendDraft {
+    let path = format!("{}.backend[{index}]", svc.path);
+    let s = Section::open(
+        svc.ctx,
+        table,
+        path,
+        "[[service.backend]]",
+        span,
+        BACKEND_KEYS,
+        BACKEND_RESERVED,
+    );
+    s.require("address", "\"198.18.20.2\"");
+    let address = s
+        .ip("address", "\"198.18.20.2\"")
+        .and_then(|a| checked_address(&s, "address", a));
+    let port = match s.has("port") {
+        false => BackendPort::ServicePort,
+        true => read_port(&s, "port").map_or(BackendPort::Invalid, BackendPort::Given),
+    };
+    let weight_help = "use 1 to 65535 to weight the backend, or 0 to drain it";
+    let weight = or_default(
+        &s,
+        "weight",
+        s.int_in("weight", "1", 0u16, u16::MAX, weight_help),
+        1,
+    );
+    BackendDraft {
+        index,
+        address,
+        port,
+        weight,
+    }
+}
+
+impl BackendPort {
+    /// The port connections go to, given the service port.
+    pub(crate) fn resolve(&self, service_port: Option<NonZeroU16>) -> Option<NonZeroU16> {
+        match self {
+            BackendPort::ServicePort => service_port,
+            BackendPort::Given(p) => Some(p.value),
+            BackendPort::Invalid => None,
+        }
+    }
+}
+
+pub(crate) fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let n = u64::from(n);
+    (2u64..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// The smallest prime >= n (at least 2).
+pub(crate) fn next_prime(n: u32) -> u32 {
+    (n.max(2)..=u32::MAX)
+        .find(|&c| is_prime(c))
+        .unwrap_or(u32::MAX)
+}
+
+/// Builds the typed config from a draft that produced no errors; `None` if
+/// a field is missing all the same (a bug: every missing field reports).
+pub(crate) fn build(draft: Draft) -> Option<Config> {
+    let interfaces = draft
+        .interfaces
+        .into_iter()
+        .map(|i| {
+            Some(InterfaceConfig {
+                name: i.name?.value,
+                role: i.role?.value,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let services = draft
+        .services
+        .into_iter()
+        .map(build_service)
+        .collect::<Option<Vec<_>>>()?;
+    Some(Config {
+        node: draft.node?,
+        interfaces,
+        dataplane: draft.dataplane,
+        services,
+    })
+}
+
+fn build_service(s: ServiceDraft) -> Option<ServiceConfig> {
+    let port = s.port?.value;
+    let backends = s
+        .backends
+        .into_iter()
+        .map(|b| {
+            Some(BackendConfig {
+                address: b.address?.value,
+                port: b.port.resolve(Some(port))?,
+                weight: b.weight?.value,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(ServiceConfig {
+        name: s.name?.value,
+        vip: s.vip?.value,
+        port,
+        protocol: s.protocol?.value,
+        scheduler: s.scheduler?.value,
+        maglev_table_size: s.maglev_table_size?.value,
+        forwarding: s.forwarding?.value,
+        backends,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(2) && is_prime(3) && is_prime(65_537) && is_prime(251));
+        assert!(!is_prime(0) && !is_prime(1) && !is_prime(65_536) && !is_prime(65_535));
+        assert!(is_prime(MAX_MAGLEV_TABLE_SIZE));
+        assert!(is_prime(DEFAULT_MAGLEV_TABLE_SIZE));
+        assert_eq!(next_prime(65_536), 65_537);
+        assert_eq!(next_prime(0), 2);
+        assert_eq!(next_prime(500), 503);
+    }
+}

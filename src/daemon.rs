@@ -1,0 +1,650 @@
+//! The gateway daemon: `vipgate run --config FILE`.
+//!
+//! Owns the start sequence (validate, resolve links, build snapshots, change
+//! the system, open packet I/O, start workers), the control plane loop
+//! (neighbour resolution, route and neighbour mirroring, status requests,
+//! signals) and the shutdown that puts every system change back.
+//!
+//! Start is all or nothing: the configuration is validated against the
+//! system before anything changes, and every change is a guard on one
+//! [`SystemChanges`] stack, so a failure at any step (or a signal) restores
+//! what was done so far, in reverse order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use tracing::{debug, info, warn};
+
+use vipgate_dataplane::conntrack::{ConnTableConfig, Timeouts};
+use vipgate_dataplane::counters::{Counter, DropReason};
+use vipgate_dataplane::flow::{Addr16, L4Proto};
+use vipgate_dataplane::io::afpacket::{self, AfPacket, AfPacketConfig};
+use vipgate_dataplane::io::memory::MemIo;
+use vipgate_dataplane::pipeline::{Pipeline, PipelineConfig};
+use vipgate_dataplane::sched::{
+    endpoint_key, SchedBackend, SchedOptions, SchedTable, SchedulerKind,
+};
+use vipgate_dataplane::snapshot::{
+    Backend, Interface, NextHopSnapshot, Published, Route, Service, ServiceSnapshot, Vip,
+};
+use vipgate_dataplane::worker::{self, Tables, WorkerEvent, WorkerHandle};
+
+use crate::config::{self, Config, InterfaceRole, IoBackend, Protocol, Scheduler};
+use crate::control::{ControlServer, Handler};
+use crate::netlink::{Family, Link, RtNetlink};
+use crate::privileges;
+use crate::sys::{self, IngressFilter, NftIngressGuard, Offload, OffloadGuard, SystemChanges};
+
+/// How often routes and neighbours are mirrored from the kernel even
+/// without a miss.
+const MIRROR_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(path: &Path) -> Result<()> {
+    privileges::require_daemon()?;
+    let mut nl = RtNetlink::open().context("opening rtnetlink")?;
+    let view = system_view(&mut nl)?;
+    let config = config::load_and_validate(path, &view).map_err(|e| anyhow!("{e}"))?;
+    info!(node = %config.node.name, config = %path.display(), "configuration valid");
+    let links = resolve_links(&mut nl, &config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signal_handlers(stop.clone())?;
+    let mut changes = SystemChanges::new();
+    let outcome = run_with(&config, &links, nl, &mut changes, &stop);
+    for change in changes.describe() {
+        debug!(%change, "restoring");
+    }
+    if let Err(errors) = changes.restore_all() {
+        for e in &errors {
+            warn!(error = %e, "could not restore a system change");
+        }
+        if outcome.is_ok() {
+            bail!(
+                "{} system change(s) could not be restored (see the log)",
+                errors.len()
+            );
+        }
+    }
+    info!("stopped; system changes restored");
+    outcome
+}
+
+fn run_with(
+    config: &Config,
+    links: &[Link],
+    mut nl: RtNetlink,
+    changes: &mut SystemChanges,
+    stop: &Arc<AtomicBool>,
+) -> Result<()> {
+    let snapshot = build_services(config, links, 1)?;
+    let vips: Vec<IpAddr> = snapshot.vips.iter().map(|v| v.addr).collect();
+    let services = Arc::new(Published::new(snapshot));
+    let nexthops = Arc::new(Published::new(read_nexthops(&mut nl, links, 1)?));
+    let tables = Tables {
+        services: services.clone(),
+        nexthops: nexthops.clone(),
+    };
+    let memory_io = config.dataplane.io == IoBackend::Memory;
+    if !memory_io {
+        prepare_system(config, links, &vips, changes)?;
+    }
+    let workers = worker_count(config);
+    let (events_tx, events) = mpsc::sync_channel(1024);
+    let mut handles = Vec::with_capacity(workers);
+    let cores = vipgate_dataplane::io::sys::allowed_cpus();
+    let group = (std::process::id() & 0xffff) as u16;
+    for id in 0..workers {
+        let pipeline = Pipeline::new(&PipelineConfig {
+            worker: id,
+            conn: conn_config(config, id),
+            expire_budget: 256,
+        })
+        .map_err(|e| anyhow!("dataplane.conn_capacity / timeouts: {e}"))?;
+        let core = cores.get(id % cores.len().max(1)).copied();
+        let handle = if memory_io {
+            worker::spawn(
+                id,
+                core,
+                MemIo::new(),
+                pipeline,
+                tables.clone(),
+                events_tx.clone(),
+            )?
+        } else {
+            let io = AfPacket::open(&af_packet_config(config, links, group, &vips))
+                .with_context(|| format!("opening AF_PACKET sockets for worker {id}"))?;
+            worker::spawn(id, core, io, pipeline, tables.clone(), events_tx.clone())?
+        };
+        handles.push(handle);
+    }
+    drop(events_tx);
+    info!(
+        workers,
+        io = if memory_io { "memory" } else { "af_packet" },
+        services = config.services.len(),
+        "dataplane running"
+    );
+    let state = Arc::new(StatusState {
+        node: config.node.name.clone(),
+        started: Instant::now(),
+        services: services.clone(),
+        workers: handles
+            .iter()
+            .map(|h| (h.counters.clone(), h.backends.clone()))
+            .collect(),
+    });
+    let control = start_control(&config.node.control_socket, state)?;
+    resolve_backends(&mut nl, &services.load());
+    let result = control_loop(&mut nl, links, &nexthops, &events, &handles, stop);
+    drop(control);
+    for h in handles {
+        let id = h.id;
+        if let Err(e) = h.join() {
+            warn!(worker = id, error = %e, "worker stopped with an error");
+        }
+    }
+    let _ = std::fs::remove_file(&config.node.control_socket);
+    result
+}
+
+/// Resolves neighbour misses, mirrors the kernel's routes and neighbours,
+/// and watches the workers, until a signal arrives.
+fn control_loop(
+    nl: &mut RtNetlink,
+    links: &[Link],
+    nexthops: &Published<NextHopSnapshot>,
+    events: &Receiver<WorkerEvent>,
+    workers: &[WorkerHandle],
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut generation = 1;
+    let mut last_mirror = Instant::now();
+    let mut asked: HashMap<(u32, Addr16), Instant> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut refresh = false;
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(WorkerEvent::NeighbourMiss { ifindex, addr }) => {
+                let again = asked
+                    .get(&(ifindex, addr))
+                    .is_none_or(|t| t.elapsed() > Duration::from_millis(500));
+                if again {
+                    asked.insert((ifindex, addr), Instant::now());
+                    if let Err(e) = nl.request_resolution(ifindex, addr.to_ip()) {
+                        debug!(ifindex, addr = %addr.to_ip(), error = %e, "neighbour resolution request failed");
+                    }
+                    refresh = true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Some(w) = workers.iter().find(|w| w.is_finished()) {
+            bail!("worker {} stopped unexpectedly", w.id);
+        }
+        if !asked.is_empty() && last_mirror.elapsed() > Duration::from_millis(50) {
+            refresh = true;
+        }
+        if refresh || last_mirror.elapsed() >= MIRROR_EVERY {
+            generation += 1;
+            match read_nexthops(nl, links, generation) {
+                Ok(snapshot) => {
+                    asked.retain(|(ifindex, addr), t| {
+                        t.elapsed() < Duration::from_secs(3)
+                            && !snapshot_has(&snapshot, *ifindex, *addr)
+                    });
+                    nexthops.store(snapshot);
+                }
+                Err(e) => warn!(error = %e, "could not read routes and neighbours"),
+            }
+            last_mirror = Instant::now();
+        }
+    }
+    info!("signal received, shutting down");
+    Ok(())
+}
+
+/// Asks the kernel to resolve every backend's next hop now, so the first
+/// connections do not wait for a miss.
+fn resolve_backends(nl: &mut RtNetlink, snapshot: &ServiceSnapshot) {
+    let mut done = std::collections::HashSet::new();
+    for b in snapshot.services.iter().flat_map(|s| &s.backends) {
+        let addr = b.addr.to_ip();
+        if !done.insert(addr) {
+            continue;
+        }
+        match nl.route_get(addr) {
+            Ok(Some(hit)) => {
+                let hop = hit.gateway.unwrap_or(addr);
+                if let Err(e) = nl.request_resolution(hit.oif, hop) {
+                    debug!(backend = %addr, error = %e, "resolution request failed");
+                }
+            }
+            Ok(None) => warn!(backend = %addr, "no route to backend"),
+            Err(e) => debug!(backend = %addr, error = %e, "route lookup failed"),
+        }
+    }
+}
+
+fn snapshot_has(s: &NextHopSnapshot, ifindex: u32, addr: Addr16) -> bool {
+    s.has_neighbour(ifindex, addr)
+}
+
+fn install_signal_handlers(stop: Arc<AtomicBool>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("vipgate-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                stop.store(true, Ordering::Relaxed);
+            })
+        })?;
+    Ok(())
+}
+
+/// The control socket, served on its own thread; dropping it stops serving.
+struct ControlThread {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ControlThread {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_control(path: &Path, state: Arc<StatusState>) -> Result<ControlThread> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = rt
+        .block_on(async { ControlServer::bind(path) })
+        .with_context(|| format!("control socket {}", path.display()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("vipgate-control".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = server.serve(state) => {}
+                    _ = rx => {}
+                }
+            })
+        })?;
+    info!(socket = %path.display(), "control socket ready");
+    Ok(ControlThread {
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+/// What `vipgate status` reads.
+struct StatusState {
+    node: String,
+    started: Instant,
+    services: Arc<Published<ServiceSnapshot>>,
+    workers: Vec<(
+        Arc<vipgate_dataplane::counters::WorkerCounters>,
+        Arc<vipgate_dataplane::counters::BackendGauges>,
+    )>,
+}
+
+impl Handler for StatusState {
+    fn handle(&self, cmd: &str, _request: &Value) -> Result<Value> {
+        match cmd {
+            "status" => Ok(self.status()),
+            other => bail!("unknown command {other:?}; known: status"),
+        }
+    }
+}
+
+impl StatusState {
+    fn status(&self) -> Value {
+        let snapshot = self.services.load();
+        let services: Vec<Value> = snapshot
+            .services
+            .iter()
+            .map(|s| {
+                let backends: Vec<Value> = s
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let per_worker: Vec<u32> =
+                            self.workers.iter().map(|(_, g)| g.get(b.id)).collect();
+                        json!({
+                            "address": b.addr.to_ip().to_string(),
+                            "port": b.port,
+                            "weight": b.weight,
+                            "connections": per_worker.iter().map(|n| u64::from(*n)).sum::<u64>(),
+                            "connections_per_worker": per_worker,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": s.name,
+                    "vip": s.vip.to_ip().to_string(),
+                    "port": s.port,
+                    "protocol": s.proto.as_str(),
+                    "scheduler": s.scheduler.as_str(),
+                    "backends": backends,
+                })
+            })
+            .collect();
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| {
+                let counters: BTreeMap<&str, u64> =
+                    Counter::ALL.iter().map(|k| (k.name(), c.get(*k))).collect();
+                let drops: BTreeMap<&str, u64> = DropReason::ALL
+                    .iter()
+                    .map(|r| (r.name(), c.drops(*r)))
+                    .collect();
+                json!({ "worker": i, "counters": counters, "drops": drops })
+            })
+            .collect();
+        json!({
+            "node": self.node,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "generation": snapshot.generation,
+            "services": services,
+            "workers": workers,
+        })
+    }
+}
+
+// ------------------------------------------------------------ set-up steps
+
+/// The links and addresses `vipgate check` compares the config against.
+pub fn system_view(nl: &mut RtNetlink) -> Result<config::SystemView> {
+    let links = nl.links().context("listing links")?;
+    let addrs = nl.addrs().context("listing addresses")?;
+    let interfaces = links
+        .iter()
+        .map(|l| {
+            let addresses = addrs
+                .iter()
+                .filter(|a| a.index == l.index)
+                .filter_map(|a| config::InterfaceAddress::new(a.addr, a.prefix_len))
+                .collect();
+            config::SystemInterface::new(l.name.clone(), addresses)
+        })
+        .collect();
+    Ok(config::SystemView::new(interfaces))
+}
+
+fn resolve_links(nl: &mut RtNetlink, config: &Config) -> Result<Vec<Link>> {
+    let mut out = Vec::new();
+    for i in &config.interfaces {
+        let link = nl
+            .link_by_name(&i.name)?
+            .ok_or_else(|| anyhow!("interface {:?} disappeared after the check", i.name))?;
+        if !link.up {
+            warn!(interface = %i.name, "interface is down");
+        }
+        out.push(link);
+    }
+    Ok(out)
+}
+
+fn role_of<'a>(config: &'a Config, link: &Link) -> Option<&'a InterfaceRole> {
+    config
+        .interfaces
+        .iter()
+        .find(|i| i.name == link.name)
+        .map(|i| &i.role)
+}
+
+/// Builds the service snapshot: ids, scheduler tables, VIPs answered on
+/// the client-facing links.
+pub fn build_services(config: &Config, links: &[Link], generation: u64) -> Result<ServiceSnapshot> {
+    let mut endpoint_ids: HashMap<(Addr16, u16, L4Proto), u32> = HashMap::new();
+    let mut services = Vec::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let proto = match s.protocol {
+            Protocol::Tcp => L4Proto::Tcp,
+            Protocol::Udp => L4Proto::Udp,
+        };
+        let kind = scheduler_kind(s.scheduler);
+        let mut backends = Vec::new();
+        let mut sched = Vec::new();
+        for b in &s.backends {
+            let addr = Addr16::from_ip(b.address);
+            let port = b.port.get();
+            let next = endpoint_ids.len() as u32;
+            let id = *endpoint_ids.entry((addr, port, proto)).or_insert(next);
+            backends.push(Backend {
+                id,
+                addr,
+                port,
+                weight: u32::from(b.weight),
+            });
+            sched.push(SchedBackend::new(
+                endpoint_key(addr, port),
+                u32::from(b.weight),
+            ));
+        }
+        let options = SchedOptions {
+            maglev_size: s.maglev_table_size,
+        };
+        let table = SchedTable::build(kind, &sched, &options)
+            .map_err(|e| anyhow!("service {:?}: {e}", s.name))?;
+        services.push(Service {
+            id: i as u32 + 1,
+            name: s.name.clone(),
+            vip: Addr16::from_ip(s.vip),
+            port: s.port.get(),
+            proto,
+            scheduler: kind,
+            backends,
+            sched: table,
+        });
+    }
+    let client_links: Vec<u32> = links
+        .iter()
+        .filter(|l| {
+            matches!(
+                role_of(config, l),
+                Some(InterfaceRole::Client) | Some(InterfaceRole::Both)
+            )
+        })
+        .map(|l| l.index)
+        .collect();
+    let mut vips: Vec<Vip> = Vec::new();
+    for s in &config.services {
+        if !vips.iter().any(|v| v.addr == s.vip) {
+            vips.push(Vip {
+                addr: s.vip,
+                ifindexes: client_links.clone(),
+            });
+        }
+    }
+    let interfaces = links
+        .iter()
+        .map(|l| Interface {
+            ifindex: l.index,
+            name: l.name.clone(),
+            mac: l.mac,
+            mtu: l.mtu,
+        })
+        .collect();
+    Ok(ServiceSnapshot::new(
+        generation,
+        services,
+        vips,
+        interfaces,
+        Vec::new(),
+    ))
+}
+
+fn scheduler_kind(s: Scheduler) -> SchedulerKind {
+    match s {
+        Scheduler::RoundRobin => SchedulerKind::Rr,
+        Scheduler::WeightedRoundRobin => SchedulerKind::Wrr,
+        Scheduler::LeastConnections => SchedulerKind::Lc,
+        Scheduler::SourceHash => SchedulerKind::Sh,
+        Scheduler::Maglev => SchedulerKind::Maglev,
+    }
+}
+
+/// Routes of the main table through the dataplane links, and the
+/// neighbours the kernel knows on them.
+fn read_nexthops(nl: &mut RtNetlink, links: &[Link], generation: u64) -> Result<NextHopSnapshot> {
+    const MAIN_TABLE: u32 = 254;
+    let ours = |i: u32| links.iter().any(|l| l.index == i);
+    let mut routes = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        for r in nl.routes(family)? {
+            let Some(oif) = r.oif else { continue };
+            if r.table == MAIN_TABLE && ours(oif) {
+                routes.push(Route::new(r.dst, r.prefix_len, oif, r.gateway));
+            }
+        }
+    }
+    let neighbours: Vec<(u32, IpAddr, [u8; 6])> = nl
+        .neighbours()?
+        .into_iter()
+        .filter(|n| ours(n.ifindex) && n.state.is_usable())
+        .filter_map(|n| n.mac.map(|m| (n.ifindex, n.addr, m)))
+        .collect();
+    let macs = links.iter().map(|l| (l.index, l.mac));
+    Ok(NextHopSnapshot::new(generation, routes, neighbours, macs))
+}
+
+/// Sysctls, offloads and the nft ingress guard, each pushed on `changes`.
+fn prepare_system(
+    config: &Config,
+    links: &[Link],
+    vips: &[IpAddr],
+    changes: &mut SystemChanges,
+) -> Result<()> {
+    for l in links {
+        sys::apply_dataplane_sysctls(changes, &l.name)
+            .with_context(|| format!("sysctls of {}", l.name))?;
+        if config.dataplane.disable_offloads {
+            let guard = OffloadGuard::disable(
+                &l.name,
+                &[Offload::Gro, Offload::Lro, Offload::Tso, Offload::Gso],
+            )
+            .with_context(|| format!("turning offloads off on {}", l.name))?;
+            changes.push(guard);
+        }
+    }
+    let mut backends = Vec::new();
+    for s in &config.services {
+        for b in &s.backends {
+            backends.push(sys::BackendEndpoint {
+                addr: b.address,
+                proto: match s.protocol {
+                    Protocol::Tcp => sys::L4Protocol::Tcp,
+                    Protocol::Udp => sys::L4Protocol::Udp,
+                },
+                port: b.port.get(),
+            });
+        }
+    }
+    let filter = IngressFilter {
+        table: format!("vipgate_{}", std::process::id()),
+        interfaces: links.iter().map(|l| l.name.clone()).collect(),
+        vips: vips.to_vec(),
+        backends,
+    };
+    let guard =
+        NftIngressGuard::install(&filter).context("installing the nftables ingress guard")?;
+    changes.push(guard);
+    Ok(())
+}
+
+fn worker_count(config: &Config) -> usize {
+    match config.dataplane.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => usize::from(n),
+    }
+}
+
+fn conn_config(config: &Config, worker: usize) -> ConnTableConfig {
+    let t = &config.dataplane.timeouts;
+    let closing = t.tcp_closing;
+    ConnTableConfig {
+        capacity: config.dataplane.conn_capacity as usize,
+        timeouts: Timeouts {
+            syn_sent: t.tcp_syn,
+            syn_recv: t.tcp_syn,
+            established: t.tcp_established,
+            fin_wait: closing,
+            close_wait: closing,
+            last_ack: closing,
+            time_wait: closing,
+            close: closing.min(Duration::from_secs(10)),
+            udp: t.udp,
+        },
+        hash_seed: random_seed() ^ worker as u64,
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut buf = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .is_ok()
+    {
+        u64::from_ne_bytes(buf)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+}
+
+fn af_packet_config(
+    config: &Config,
+    links: &[Link],
+    group: u16,
+    vips: &[IpAddr],
+) -> AfPacketConfig {
+    let interfaces = links
+        .iter()
+        .map(|l| afpacket::Interface {
+            ifindex: l.index,
+            name: l.name.clone(),
+        })
+        .collect();
+    let mut cfg = AfPacketConfig::new(interfaces, group, vips.to_vec());
+    let r = &config.dataplane.ring;
+    cfg.ring.block_size = r.block_size;
+    cfg.ring.block_count = r.blocks;
+    cfg.ring.frame_size = r.frame_size;
+    cfg.ring.block_timeout = r.block_timeout;
+    cfg
+}
+
+/// The socket path `vipgate status` uses when not given one.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/vipgate/control.sock")
+}
