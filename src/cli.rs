@@ -148,11 +148,17 @@ pub fn render_status(d: &Value) -> String {
         d["generation"]
     );
     for s in d["services"].as_array().into_iter().flatten() {
+        let vip = s["vip"].as_str().unwrap_or("?");
+        let vip = if vip.contains(':') {
+            format!("[{vip}]")
+        } else {
+            vip.to_string()
+        };
         let _ = writeln!(
             out,
             "\nservice {}  {}:{}/{}  scheduler {}",
             s["name"].as_str().unwrap_or("?"),
-            s["vip"].as_str().unwrap_or("?"),
+            vip,
             s["port"],
             s["protocol"].as_str().unwrap_or("?"),
             s["scheduler"].as_str().unwrap_or("?"),
@@ -163,11 +169,18 @@ pub fn render_status(d: &Value) -> String {
             "backend", "weight", "connections"
         );
         for b in s["backends"].as_array().into_iter().flatten() {
-            let ep = format!("{}:{}", b["address"].as_str().unwrap_or("?"), b["port"]);
+            let addr = b["address"].as_str().unwrap_or("?");
+            let ep = if addr.contains(':') {
+                format!("[{addr}]:{}", b["port"])
+            } else {
+                format!("{addr}:{}", b["port"])
+            };
             let _ = writeln!(
                 out,
                 "  {:<40} {:>6} {:>12}",
-                ep, b["weight"], b["connections"]
+                ep,
+                b["weight"].to_string(),
+                b["connections"].to_string()
             );
         }
     }
@@ -186,7 +199,7 @@ pub fn render_status(d: &Value) -> String {
     for n in &names {
         let _ = write!(out, "  {:<24}", n);
         for w in &workers {
-            let _ = write!(out, " {:>12}", w["counters"][n]);
+            let _ = write!(out, " {:>12}", w["counters"][n].to_string());
         }
         out.push('\n');
     }
@@ -205,7 +218,7 @@ pub fn render_status(d: &Value) -> String {
         }
         let _ = write!(out, "  {:<24}", format!("drop {n}"));
         for w in &workers {
-            let _ = write!(out, " {:>12}", w["drops"][n]);
+            let _ = write!(out, " {:>12}", w["drops"][n].to_string());
         }
         out.push('\n');
     }

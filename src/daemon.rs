@@ -236,7 +236,8 @@ fn snapshot_has(s: &NextHopSnapshot, ifindex: u32, addr: Addr16) -> bool {
     s.has_neighbour(ifindex, addr)
 }
 
-fn install_signal_handlers(stop: Arc<AtomicBool>) -> Result<()> {
+/// Sets `stop` on the first SIGINT or SIGTERM (watched on its own thread).
+pub fn install_signal_handlers(stop: Arc<AtomicBool>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

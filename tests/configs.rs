@@ -5,11 +5,9 @@
 //! - A table of broken configs, each with the exact error lines it must
 //!   produce (file:line:col, field path, message and fix).
 //!
-//! The package has no lib target, so the module is compiled in here by path.
+//! The configuration module is used through the vipgate library.
 
-#[allow(dead_code)]
-#[path = "../src/config/mod.rs"]
-mod config;
+use vipgate::config;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -11,12 +11,7 @@
 //! The vipgate package is a binary crate, so the modules are included by
 //! path rather than imported.
 
-#![allow(dead_code, unused_imports)]
-
-#[path = "../src/netlink/mod.rs"]
-mod netlink;
-#[path = "../src/netns.rs"]
-mod netns;
+use vipgate::{netlink, netns};
 
 use std::io;
 use std::net::IpAddr;

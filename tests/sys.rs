@@ -11,8 +11,7 @@
 
 // The binary crate uses the rest of the module; this test uses part of it.
 #[allow(dead_code, unused_imports)]
-#[path = "../src/sys/mod.rs"]
-mod sys;
+use vipgate::sys;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::process::Command;

@@ -469,7 +469,7 @@ fn duration_help(error: &DurationError, key: &str, example: &str) -> String {
             format!("add a unit: {key} = \"{n}s\" (units: ms, s, m, h, d)")
         }
         DurationError::Fraction => {
-            format!("use a smaller unit instead of a fraction, e.g. \"1500ms\" for 1.5s")
+            "use a smaller unit instead of a fraction, e.g. \"1500ms\" for 1.5s".to_string()
         }
         _ => format!("write e.g. {key} = {example} (units: ms, s, m, h, d)"),
     }

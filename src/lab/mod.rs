@@ -29,6 +29,8 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -40,6 +42,20 @@ use crate::privileges;
 
 /// The lab's configuration, embedded so the lab needs only the binary.
 pub const LAB_CONFIG: &str = include_str!("../../configs/lab.toml");
+
+/// Set by SIGINT/SIGTERM while a lab runs: scenarios stop early and the lab
+/// is torn down as on any other path.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Whether the lab was asked to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+fn watch_signals() -> Result<()> {
+    let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    crate::daemon::install_signal_handlers(flag.clone())
+}
 
 /// Backend ports of the web servers (the original experiment's 80, 81, 82).
 pub const BACKEND_PORTS: [u16; 3] = [80, 81, 82];
@@ -116,9 +132,14 @@ pub fn main(command: LabCommand) -> Result<ExitCode> {
             workers,
         } => {
             privileges::require_lab()?;
+            watch_signals()?;
             let lab = Lab::up(&name, workers)?;
             println!("{}", lab.describe());
             let ok = scenario::run(scenario, &lab, requests);
+            if interrupted() {
+                drop(lab);
+                bail!("interrupted; the lab was torn down");
+            }
             let status = lab.daemon_status();
             drop(lab);
             match ok {

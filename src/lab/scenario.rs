@@ -148,6 +148,10 @@ fn drive(probe: Probe, requests: u32, tty: bool) -> Tally {
             print!("\r{}", tally.line(probe.label));
             let _ = std::io::stdout().flush();
         }
+        if super::interrupted() {
+            tally.last_error = Some("interrupted".into());
+            break;
+        }
         // Bounded in time as well as in count.
         if started.elapsed() > Duration::from_secs(60) {
             tally.last_error = Some("stopped after 60 s".into());

@@ -34,9 +34,6 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNETLINK_V0: u8 = 0;
 
-/// The largest payload one netlink attribute can carry (16-bit length).
-pub(super) const NLA_MAX_LEN: usize = u16::MAX as usize;
-
 fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
