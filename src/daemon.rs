@@ -92,14 +92,11 @@ fn run_with(
         nexthops: nexthops.clone(),
     };
     let memory_io = config.dataplane.io == IoBackend::Memory;
-    if !memory_io {
-        prepare_system(config, links, &vips, changes)?;
-    }
     let workers = worker_count(config);
-    let (events_tx, events) = mpsc::sync_channel(1024);
-    let mut handles = Vec::with_capacity(workers);
-    let cores = vipgate_dataplane::io::sys::allowed_cpus();
-    let group = (std::process::id() & 0xffff) as u16;
+    // Everything that allocates or can be refused comes before the first
+    // system change: connection tables, then the control socket (a second
+    // daemon on the same socket stops here, having changed nothing).
+    let mut pipelines = Vec::with_capacity(workers);
     for id in 0..workers {
         let pipeline = Pipeline::new(&PipelineConfig {
             worker: id,
@@ -107,6 +104,26 @@ fn run_with(
             expire_budget: 256,
         })
         .map_err(|e| anyhow!("dataplane.conn_capacity / timeouts: {e}"))?;
+        pipelines.push(pipeline);
+    }
+    let state = Arc::new(StatusState {
+        node: config.node.name.clone(),
+        started: Instant::now(),
+        services: services.clone(),
+        workers: pipelines
+            .iter()
+            .map(|p| (p.counters(), p.backend_gauges()))
+            .collect(),
+    });
+    let control = start_control(&config.node.control_socket, state)?;
+    if !memory_io {
+        prepare_system(config, links, &vips, changes)?;
+    }
+    let (events_tx, events) = mpsc::sync_channel(1024);
+    let mut handles = Vec::with_capacity(workers);
+    let cores = vipgate_dataplane::io::sys::allowed_cpus();
+    let group = (std::process::id() & 0xffff) as u16;
+    for (id, pipeline) in pipelines.into_iter().enumerate() {
         let core = cores.get(id % cores.len().max(1)).copied();
         let handle = if memory_io {
             worker::spawn(
@@ -131,26 +148,16 @@ fn run_with(
         services = config.services.len(),
         "dataplane running"
     );
-    let state = Arc::new(StatusState {
-        node: config.node.name.clone(),
-        started: Instant::now(),
-        services: services.clone(),
-        workers: handles
-            .iter()
-            .map(|h| (h.counters.clone(), h.backends.clone()))
-            .collect(),
-    });
-    let control = start_control(&config.node.control_socket, state)?;
     resolve_backends(&mut nl, &services.load());
     let result = control_loop(&mut nl, links, &nexthops, &events, &handles, stop);
-    drop(control);
     for h in handles {
         let id = h.id;
         if let Err(e) = h.join() {
             warn!(worker = id, error = %e, "worker stopped with an error");
         }
     }
-    let _ = std::fs::remove_file(&config.node.control_socket);
+    // Dropping the server removes its socket file.
+    drop(control);
     result
 }
 
@@ -648,4 +655,66 @@ fn af_packet_config(
 /// The socket path `vipgate status` uses when not given one.
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/vipgate/control.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: [2, 0, 0, 0, 0, index as u8],
+            mtu: 1500,
+            up: true,
+            carrier: true,
+        }
+    }
+
+    #[test]
+    fn lab_config_becomes_a_snapshot_with_endpoint_ids_and_client_vips() {
+        let config = config::validate_str(crate::lab::LAB_CONFIG, "lab.toml", None).expect("valid");
+        let links = [link(7, "vg-cli"), link(9, "vg-srv")];
+        let s = build_services(&config, &links, 1).expect("builds");
+        assert_eq!(s.services.len(), 3);
+        // One id per (address, port, protocol): web and echo-udp share
+        // 198.18.20.2:80 but not the protocol.
+        let mut ids: Vec<u32> = s
+            .services
+            .iter()
+            .flat_map(|x| x.backends.iter().map(|b| b.id))
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..9).collect::<Vec<_>>());
+        let web = s
+            .service_for(
+                Addr16::from_ip("198.18.10.10".parse().unwrap()),
+                80,
+                L4Proto::Tcp,
+            )
+            .unwrap();
+        assert_eq!(web.scheduler, SchedulerKind::Maglev);
+        assert_eq!(s.vips.len(), 2);
+        for v in &s.vips {
+            assert_eq!(
+                v.ifindexes,
+                vec![7],
+                "VIPs are answered on client links only"
+            );
+            assert!(s.answers_on(Addr16::from_ip(v.addr), 7));
+            assert!(!s.answers_on(Addr16::from_ip(v.addr), 9));
+        }
+    }
+
+    #[test]
+    fn timeouts_map_onto_every_tcp_state() {
+        let config = config::validate_str(crate::lab::LAB_CONFIG, "lab.toml", None).expect("valid");
+        let c = conn_config(&config, 0);
+        assert_eq!(c.timeouts.established, Duration::from_secs(900));
+        assert_eq!(c.timeouts.syn_sent, config.dataplane.timeouts.tcp_syn);
+        assert_eq!(c.timeouts.time_wait, config.dataplane.timeouts.tcp_closing);
+        assert!(c.timeouts.close <= Duration::from_secs(10));
+        assert_eq!(c.timeouts.udp, config.dataplane.timeouts.udp);
+    }
 }
