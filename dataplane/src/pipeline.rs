@@ -64,7 +64,7 @@ use crate::flow::{Addr16, FlowTuple, L4Proto};
 use crate::io::{RxMeta, Verdict};
 use crate::sched::SchedState;
 use crate::snapshot::{
-    Backend, FxHashMap, FxHasher, NextHopMiss, NextHopSnapshot, ServiceSnapshot,
+    Backend, FxHashMap, FxHasher, NextHop, NextHopMiss, NextHopSnapshot, ServiceSnapshot,
 };
 use crate::wire::{
     self, icmpv4, icmpv6, ipv6, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress,
@@ -117,6 +117,9 @@ pub struct Pipeline {
     misses: Vec<(u32, Addr16)>,
     /// Fingerprint of the VIP set last announced (GARP / unsolicited NA).
     announced: Option<u64>,
+    /// Next hop of each backend id, valid for one next-hop snapshot
+    /// generation: saves the route scan and neighbour lookup per packet.
+    backend_hops: Vec<Option<(u64, NextHop)>>,
 }
 
 /// The outcome of one frame, before it becomes a [`Verdict`] and counters.
@@ -184,6 +187,7 @@ impl Pipeline {
             built: BuiltPool::new(),
             misses: Vec::with_capacity(MAX_MISSES),
             announced: None,
+            backend_hops: Vec::new(),
         })
     }
 
@@ -614,7 +618,7 @@ impl Pipeline {
                 }
             }
         };
-        let hop = match self.next_hop(nh, backend.addr) {
+        let hop = match self.backend_hop(nh, backend) {
             Ok(hop) => hop,
             Err(reason) => return Drop(reason),
         };
@@ -991,11 +995,32 @@ impl Pipeline {
         Drop(DropReason::TtlExpired)
     }
 
-    fn next_hop(
+    /// The next hop of `backend`, from the per-backend cache when it was
+    /// filled from this next-hop snapshot.
+    #[inline]
+    fn backend_hop(
         &mut self,
         nh: &NextHopSnapshot,
-        dst: Addr16,
-    ) -> Result<crate::snapshot::NextHop, DropReason> {
+        backend: &Backend,
+    ) -> Result<NextHop, DropReason> {
+        let i = backend.id as usize;
+        if let Some(Some((generation, hop))) = self.backend_hops.get(i) {
+            if *generation == nh.generation {
+                return Ok(*hop);
+            }
+        }
+        let hop = self.next_hop(nh, backend.addr)?;
+        if i < crate::counters::MAX_BACKEND_IDS {
+            if self.backend_hops.len() <= i {
+                // Grows once per new backend id, not per packet.
+                self.backend_hops.resize(i + 1, None);
+            }
+            self.backend_hops[i] = Some((nh.generation, hop));
+        }
+        Ok(hop)
+    }
+
+    fn next_hop(&mut self, nh: &NextHopSnapshot, dst: Addr16) -> Result<NextHop, DropReason> {
         match nh.lookup(dst) {
             Ok(hop) => Ok(hop),
             Err(NextHopMiss::NoRoute) => Err(DropReason::NoRoute),
@@ -1177,13 +1202,7 @@ fn rewrite_src(frame: &mut [u8], ip: Ip, proto: L4Proto, addr: Addr16, port: u16
 
 /// Decrements the TTL, sets the MACs of the next hop and, for frames whose
 /// checksum the kernel left to the NIC, computes the L4 checksum in full.
-fn finish(
-    frame: &mut [u8],
-    ip: Ip,
-    proto: L4Proto,
-    csum_not_ready: bool,
-    hop: crate::snapshot::NextHop,
-) {
+fn finish(frame: &mut [u8], ip: Ip, proto: L4Proto, csum_not_ready: bool, hop: NextHop) {
     decrement_ttl(frame, ip);
     set_macs(frame, hop);
     if csum_not_ready {
@@ -1201,7 +1220,7 @@ fn finish(
 
 /// [`finish`] for a translated ICMP error: the ICMP checksum is computed
 /// in full (errors are rare, and the quote changed in several places).
-fn finish_icmp(frame: &mut [u8], ip: Ip, hop: crate::snapshot::NextHop) {
+fn finish_icmp(frame: &mut [u8], ip: Ip, hop: NextHop) {
     decrement_ttl(frame, ip);
     set_macs(frame, hop);
     if ip.v4 {
@@ -1224,7 +1243,7 @@ fn decrement_ttl(frame: &mut [u8], ip: Ip) {
     }
 }
 
-fn set_macs(frame: &mut [u8], hop: crate::snapshot::NextHop) {
+fn set_macs(frame: &mut [u8], hop: NextHop) {
     let mut eth = EthernetFrame::new_unchecked(frame);
     eth.set_src_addr(EthernetAddress(hop.src_mac));
     eth.set_dst_addr(EthernetAddress(hop.dst_mac));

@@ -1060,3 +1060,24 @@ proptest! {
         prop_assert_eq!((o.src, o.sport()), (ip(vip), vport));
     }
 }
+
+#[test]
+fn backend_next_hop_cache_follows_new_snapshots() {
+    let mut b = Bench::new();
+    let (_, out) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 41000, VIP4, 80, SYN, 64));
+    assert_eq!(parse_out(&out).dst_mac, BACKEND_MAC);
+    // The backend's MAC changes; the control plane publishes generation 2.
+    let moved = [2, 0, 0, 0, 0, 0xb2];
+    let routes = b.nh.routes().to_vec();
+    b.nh = NextHopSnapshot::new(
+        2,
+        routes,
+        [
+            (BACKEND_IF, ip(BACKEND4), moved),
+            (CLIENT_IF, ip(CLIENT4), CLIENT_MAC),
+        ],
+        [(CLIENT_IF, GW_CLI_MAC), (BACKEND_IF, GW_SRV_MAC)],
+    );
+    let (_, out) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 41000, VIP4, 80, ACK, 64));
+    assert_eq!(parse_out(&out).dst_mac, moved);
+}

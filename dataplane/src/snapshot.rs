@@ -65,6 +65,9 @@ impl Hasher for FxHasher {
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
 
+/// Backend ids below this are also kept in an array indexed by id.
+const DENSE_IDS: usize = 1 << 16;
+
 /// A backend endpoint as the dataplane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -129,6 +132,9 @@ pub struct ServiceSnapshot {
     by_id: FxHashMap<u32, usize>,
     by_backend: FxHashMap<(Addr16, u16, L4Proto), u32>,
     backends_by_id: FxHashMap<u32, Backend>,
+    /// The same backends indexed by id (ids are dense from 0), so the
+    /// packet path finds a connection's backend without hashing.
+    backends_dense: Vec<Option<Backend>>,
     vip_addrs: FxHashMap<Addr16, ()>,
     /// VIPs this node answers for (ARP, ND, echo), with their links.
     answered: FxHashMap<Addr16, Vec<u32>>,
@@ -162,6 +168,15 @@ impl ServiceSnapshot {
             for b in &svc.backends {
                 s.by_backend.insert((b.addr, b.port, svc.proto), b.id);
                 s.backends_by_id.insert(b.id, b.clone());
+            }
+        }
+        for (id, b) in &s.backends_by_id {
+            let i = *id as usize;
+            if i < DENSE_IDS {
+                if s.backends_dense.len() <= i {
+                    s.backends_dense.resize(i + 1, None);
+                }
+                s.backends_dense[i] = Some(b.clone());
             }
         }
         for v in &s.vips {
@@ -207,7 +222,10 @@ impl ServiceSnapshot {
 
     #[inline]
     pub fn backend(&self, id: u32) -> Option<&Backend> {
-        self.backends_by_id.get(&id)
+        match self.backends_dense.get(id as usize) {
+            Some(slot) => slot.as_ref(),
+            None => self.backends_by_id.get(&id),
+        }
     }
 
     pub fn interface(&self, ifindex: u32) -> Option<&Interface> {
