@@ -204,7 +204,7 @@ fn control_loop(
                 Ok(snapshot) => {
                     asked.retain(|(ifindex, addr), t| {
                         t.elapsed() < Duration::from_secs(3)
-                            && !snapshot_has(&snapshot, *ifindex, *addr)
+                            && !snapshot.has_neighbour(*ifindex, *addr)
                     });
                     nexthops.store(snapshot);
                 }
@@ -237,10 +237,6 @@ fn resolve_backends(nl: &mut RtNetlink, snapshot: &ServiceSnapshot) {
             Err(e) => debug!(backend = %addr, error = %e, "route lookup failed"),
         }
     }
-}
-
-fn snapshot_has(s: &NextHopSnapshot, ifindex: u32, addr: Addr16) -> bool {
-    s.has_neighbour(ifindex, addr)
 }
 
 /// Sets `stop` on the first SIGINT or SIGTERM (watched on its own thread).

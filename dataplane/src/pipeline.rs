@@ -436,7 +436,7 @@ impl Pipeline {
                 IpProtocol::Tcp | IpProtocol::Udp => {
                     self.forward_to_vip(now, svc, nh, meta, frame, ip, protocol)
                 }
-                IpProtocol::Icmp => self.icmpv4_to_vip(now, svc, nh, meta, frame, ip),
+                IpProtocol::Icmp => self.icmpv4_to_vip(svc, nh, meta, frame, ip),
                 _ => Drop(DropReason::UnknownProtocol),
             };
         }
@@ -498,7 +498,7 @@ impl Pipeline {
                 IpProtocol::Tcp | IpProtocol::Udp => {
                     self.forward_to_vip(now, svc, nh, meta, frame, ip, protocol)
                 }
-                IpProtocol::Icmpv6 => self.icmpv6_to_vip(now, svc, nh, meta, frame, ip),
+                IpProtocol::Icmpv6 => self.icmpv6_to_vip(svc, nh, meta, frame, ip),
                 _ => Drop(DropReason::UnknownProtocol),
             };
         }
@@ -713,7 +713,7 @@ impl Pipeline {
                 self.reply(now, svc, nh, meta, frame, ip, l4, backend_id)
             }
             IpProtocol::Icmp | IpProtocol::Icmpv6 => {
-                self.icmp_error_from_backend(now, svc, nh, frame, ip, checks)
+                self.icmp_error_from_backend(svc, nh, frame, ip, checks)
             }
             _ => Pass,
         }
@@ -763,7 +763,6 @@ impl Pipeline {
 
     fn icmpv4_to_vip(
         &mut self,
-        now: u64,
         svc: &ServiceSnapshot,
         nh: &NextHopSnapshot,
         meta: &RxMeta,
@@ -783,12 +782,11 @@ impl Pipeline {
         if !msg.is_error() {
             return Drop(DropReason::UnknownProtocol);
         }
-        self.icmp_error_to_vip(now, svc, nh, frame, ip)
+        self.icmp_error_to_vip(svc, nh, frame, ip)
     }
 
     fn icmpv6_to_vip(
         &mut self,
-        now: u64,
         svc: &ServiceSnapshot,
         nh: &NextHopSnapshot,
         meta: &RxMeta,
@@ -811,7 +809,7 @@ impl Pipeline {
         if !msg.is_error() {
             return Drop(DropReason::UnknownProtocol);
         }
-        self.icmp_error_to_vip(now, svc, nh, frame, ip)
+        self.icmp_error_to_vip(svc, nh, frame, ip)
     }
 
     /// Turns an echo request to a VIP into the reply, in place, back out of
@@ -864,13 +862,11 @@ impl Pipeline {
     /// the outer destination and the quoted source translated.
     fn icmp_error_to_vip(
         &mut self,
-        now: u64,
         svc: &ServiceSnapshot,
         nh: &NextHopSnapshot,
         frame: &mut [u8],
         ip: Ip,
     ) -> Action {
-        let _ = now;
         let Some(quote) = Quote::parse(frame, ip) else {
             return Drop(DropReason::Malformed);
         };
@@ -915,14 +911,12 @@ impl Pipeline {
     /// to the VIP (as IPVS does, the outer source becomes the VIP).
     fn icmp_error_from_backend(
         &mut self,
-        now: u64,
         svc: &ServiceSnapshot,
         nh: &NextHopSnapshot,
         frame: &mut [u8],
         ip: Ip,
         checks: Option<DropReason>,
     ) -> Action {
-        let _ = now;
         let Some(quote) = Quote::parse(frame, ip) else {
             return Pass;
         };
@@ -1089,17 +1083,6 @@ fn parse_l4(frame: &[u8], ip: Ip, protocol: IpProtocol) -> Option<L4> {
     })
 }
 
-/// The pseudo-header sum of the packet's L4 segment as it is now.
-fn pseudo_sum(frame: &[u8], ip: Ip, proto: u8) -> u16 {
-    let len = (ip.end - ip.l4) as u32;
-    match (ip_src_now(frame, ip), ip_dst_now(frame, ip)) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, proto, len),
-        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, proto, len),
-        // Same family by construction.
-        _ => 0,
-    }
-}
-
 /// The destination address in the frame (after any rewrite).
 fn ip_dst_now(frame: &[u8], ip: Ip) -> IpAddr {
     if ip.v4 {
@@ -1128,6 +1111,8 @@ fn l4_checksum_ok(frame: &[u8], ip: Ip, proto: L4Proto) -> bool {
     checksum::combine(&[pseudo, checksum::sum(seg)]) == 0xffff
 }
 
+/// The pseudo-header sum of the packet's L4 segment, with the addresses as
+/// they are in the frame now (after any rewrite).
 fn pseudo_l4(frame: &[u8], ip: Ip, proto: L4Proto) -> u16 {
     let src = ip_src_now(frame, ip);
     let dst = ip_dst_now(frame, ip);
@@ -1135,6 +1120,7 @@ fn pseudo_l4(frame: &[u8], ip: Ip, proto: L4Proto) -> u16 {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, proto as u8, len),
         (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, proto as u8, len),
+        // Same family by construction.
         _ => 0,
     }
 }
@@ -1158,12 +1144,10 @@ fn set_port(frame: &mut [u8], l4: usize, proto: L4Proto, at: usize, port: u16) {
     adjust_l4(frame, l4, proto, &old, &new);
 }
 
-fn addr_bytes(a: Addr16, v4: bool) -> ([u8; 16], usize) {
-    (a.0, if v4 { 4 } else { 16 })
-}
-
-fn slice_of(a: &([u8; 16], usize)) -> &[u8] {
-    &a.0[16 - a.1..]
+/// The address as its family writes it: 4 bytes (the tail of the
+/// v4-mapped form) or 16.
+fn addr_slice(a: &Addr16, v4: bool) -> &[u8] {
+    &a.0[if v4 { 12 } else { 0 }..]
 }
 
 /// Rewrites the IP destination, updating the IPv4 header checksum; the
@@ -1184,19 +1168,17 @@ fn set_ip_src(frame: &mut [u8], ip: Ip, to: Addr16) {
 
 /// Forward NAT: destination address and port become the backend's.
 fn rewrite_dst(frame: &mut [u8], ip: Ip, proto: L4Proto, addr: Addr16, port: u16) {
-    let old = addr_bytes(ip.dst, ip.v4);
-    let new = addr_bytes(addr, ip.v4);
     set_ip_dst(frame, ip, addr);
-    adjust_l4(frame, ip.l4, proto, slice_of(&old), slice_of(&new));
+    let (old, new) = (addr_slice(&ip.dst, ip.v4), addr_slice(&addr, ip.v4));
+    adjust_l4(frame, ip.l4, proto, old, new);
     set_port(frame, ip.l4, proto, 2, port);
 }
 
 /// Reverse NAT: source address and port become the VIP's.
 fn rewrite_src(frame: &mut [u8], ip: Ip, proto: L4Proto, addr: Addr16, port: u16) {
-    let old = addr_bytes(ip.src, ip.v4);
-    let new = addr_bytes(addr, ip.v4);
     set_ip_src(frame, ip, addr);
-    adjust_l4(frame, ip.l4, proto, slice_of(&old), slice_of(&new));
+    let (old, new) = (addr_slice(&ip.src, ip.v4), addr_slice(&addr, ip.v4));
+    adjust_l4(frame, ip.l4, proto, old, new);
     set_port(frame, ip.l4, proto, 0, port);
 }
 
@@ -1208,7 +1190,7 @@ fn finish(frame: &mut [u8], ip: Ip, proto: L4Proto, csum_not_ready: bool, hop: N
     if csum_not_ready {
         let at = ip.l4 + l4_checksum_at(proto);
         frame[at..at + 2].copy_from_slice(&[0, 0]);
-        let pseudo = pseudo_sum(frame, ip, proto as u8);
+        let pseudo = pseudo_l4(frame, ip, proto);
         let sum = checksum::sum(&frame[ip.l4..ip.end]);
         let mut csum = !checksum::combine(&[pseudo, sum]);
         if proto == L4Proto::Udp {

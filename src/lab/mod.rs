@@ -26,7 +26,6 @@ mod scenario;
 pub mod serve;
 
 use std::fs;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -569,9 +568,4 @@ pub fn lab_config(socket: &Path, workers: u16) -> String {
             &format!("control_socket = {:?}", socket.display().to_string()),
         )
         .replace("workers = 2", &format!("workers = {workers}"))
-}
-
-/// Where a lab's client sends requests: the VIPs.
-pub fn vips() -> [IpAddr; 2] {
-    [net::v4(net::VIP_V4), net::v6(net::VIP_V6)]
 }
