@@ -42,6 +42,9 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     /// Services in file order; names and (vip, port, protocol) are unique.
     pub services: Vec<ServiceConfig>,
+    /// `[vrrp]`: empty when the file has no VRRP section (every service VIP
+    /// is then always served by this node).
+    pub vrrp: VrrpConfig,
 }
 
 /// `[node]`: this daemon.
@@ -367,5 +370,151 @@ mod tests {
         assert!(InterfaceRole::Both.carries_clients() && InterfaceRole::Both.carries_backends());
         assert!(!InterfaceRole::Client.carries_backends());
         assert!(!InterfaceRole::Backend.carries_clients());
+    }
+}
+
+/// `[vrrp]` and its `[[vrrp.instance]]` / `[[vrrp.sync_group]]` entries.
+///
+/// Keys under `[vrrp]` itself are defaults for every instance (`version`,
+/// `advert_interval`, `preempt`, `preempt_delay`, `garp_*`,
+/// `resign_grace`, `notify`, `checksum`, `vip_mode`); an instance may
+/// override each of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VrrpConfig {
+    /// In file order; names unique; (interface, family, vrid) unique; a VIP
+    /// belongs to at most one instance.
+    pub instances: Vec<VrrpInstanceConfig>,
+    /// Every member names an instance; an instance is in at most one group.
+    pub sync_groups: Vec<SyncGroupConfig>,
+}
+
+/// `[[vrrp.instance]]`: one virtual router (RFC 5798 / RFC 3768).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpInstanceConfig {
+    /// Unique name, 1..=63 of `A-Z a-z 0-9 - _ .` (used by `vipgate vrrp
+    /// resign NAME` and in status).
+    pub name: String,
+    /// Kernel link the adverts go out on and the VIPs live on.
+    pub interface: String,
+    /// 1..=255.
+    pub vrid: u8,
+    /// 1..=255; 255 means this node owns the addresses (RFC 5798 5.2.4).
+    pub priority: u8,
+    pub version: VrrpVersion,
+    /// v3: 10 ms..=40.95 s in whole centiseconds; v2: 1..=255 whole seconds.
+    pub advert_interval: Duration,
+    /// Default true: a higher-priority backup takes over from a master.
+    pub preempt: bool,
+    /// Wait this long before preempting a lower-priority master (0: at once).
+    pub preempt_delay: Duration,
+    /// 1..=255 addresses, all of one family (IPv6 needs version 3).
+    pub vips: Vec<IpAddr>,
+    pub vip_mode: VipMode,
+    /// IPv4 with version 3 only; ignored otherwise.
+    pub checksum: VrrpChecksum,
+    /// Source of the adverts; default: the interface's first address of the
+    /// family (IPv6: its link-local address). Required to be on the
+    /// interface.
+    pub unicast_source: Option<IpAddr>,
+    /// When non-empty, adverts go to these addresses instead of the
+    /// multicast group, and adverts from other sources are dropped.
+    pub unicast_peers: Vec<IpAddr>,
+    /// Version 2 simple-text authentication (at most 8 bytes).
+    pub auth_pass: Option<String>,
+    /// Answer with 00-00-5E-00-01-{vrid} (IPv4) / 00-00-5E-00-02-{vrid}.
+    pub virtual_mac: bool,
+    pub garp: GarpConfig,
+    /// After a planned resign (or SIGTERM), keep forwarding VIP traffic that
+    /// still arrives for this long. Default 3 s.
+    pub resign_grace: Duration,
+    /// Command run on every transition as `COMMAND INSTANCE OLD NEW REASON`.
+    pub notify: Option<String>,
+    pub tracks: Vec<TrackConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VrrpVersion {
+    V2,
+    V3,
+}
+
+/// Where a master's VIPs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VipMode {
+    /// The userspace dataplane answers ARP/ND for them and forwards their
+    /// services (the default).
+    Dataplane,
+    /// Added to and removed from the interface through rtnetlink, as
+    /// keepalived does, for nodes that forward in the kernel.
+    Kernel,
+}
+
+/// IPv4 VRRPv3 checksum: with the pseudo-header (RFC 5798 as keepalived and
+/// FRR implement it, the default) or without (RFC 9568 section 5.2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VrrpChecksum {
+    PseudoHeader,
+    Rfc9568,
+}
+
+/// Gratuitous ARP / unsolicited NA when becoming master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GarpConfig {
+    /// Announcements per burst (default 5, 1..=100).
+    pub repeat: u32,
+    /// A second burst this long after becoming master (default 5 s; 0 off).
+    pub delay: Duration,
+    /// A burst every this long while master (default 0: off).
+    pub refresh: Duration,
+}
+
+/// One thing an instance watches; its state moves the effective priority
+/// by `weight`, or (weight 0) puts the instance in FAULT while down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackConfig {
+    pub kind: TrackKind,
+    /// -254..=254. Positive: added while up. Negative: added while down.
+    /// 0: the instance is in FAULT while down.
+    pub weight: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackKind {
+    /// Link up with carrier (rtnetlink link events).
+    Interface { name: String },
+    /// Up while the file's first line is the integer 0.
+    File { path: PathBuf },
+    /// Up after `rise` consecutive exits with status 0, down after `fall`
+    /// failures (non-zero exit or running longer than `timeout`).
+    Script {
+        command: String,
+        interval: Duration,
+        timeout: Duration,
+        rise: u32,
+        fall: u32,
+    },
+    /// Up while the service has at least one healthy backend (fed by
+    /// health checking; until that exists, while it has any backend with
+    /// weight above 0).
+    Service { name: String },
+}
+
+/// `[[vrrp.sync_group]]`: instances that change state together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncGroupConfig {
+    pub name: String,
+    pub instances: Vec<String>,
+}
+
+impl Config {
+    pub fn vrrp_instance(&self, name: &str) -> Option<&VrrpInstanceConfig> {
+        self.vrrp.instances.iter().find(|i| i.name == name)
+    }
+}
+
+impl VrrpInstanceConfig {
+    /// Whether the instance carries IPv6 addresses (all VIPs share a family).
+    pub fn is_v6(&self) -> bool {
+        self.vips.first().is_some_and(|a| a.is_ipv6())
     }
 }

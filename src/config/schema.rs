@@ -678,6 +678,7 @@ pub(crate) fn build(draft: Draft) -> Option<Config> {
         interfaces,
         dataplane: draft.dataplane,
         services,
+        vrrp: VrrpConfig::default(),
     })
 }
 
