@@ -1,7 +1,8 @@
 //! Checks that compare entries of one configuration with each other.
 //!
 //! Owns: duplicates (interfaces, service names, VIP:port/protocol,
-//! backends), address families, interface roles and Maglev table sizing.
+//! backends), address families, interface roles and Maglev table sizing;
+//! `[vrrp]` in `checks/vrrp.rs`.
 //! Must not: look at the system (`system.rs`) or re-check single values
 //! (`schema.rs` did). Every check skips entries whose fields were invalid:
 //! those already have their own error.
@@ -16,6 +17,8 @@ use super::reader::{At, Ctx};
 use super::schema::{next_prime, Draft, InterfaceDraft, ServiceDraft};
 use super::tree::Span;
 
+mod vrrp;
+
 pub(crate) fn check(ctx: &Ctx, draft: &Draft) {
     check_interface_names(ctx, &draft.interfaces);
     if !draft.services.is_empty() {
@@ -27,6 +30,7 @@ pub(crate) fn check(ctx: &Ctx, draft: &Draft) {
         check_backends(ctx, service);
         check_maglev_size(ctx, service);
     }
+    vrrp::check(ctx, draft);
 }
 
 /// Remembers the first span of each key; returns the first span when `key`

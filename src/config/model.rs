@@ -32,8 +32,8 @@ pub const MAX_WORKERS: u16 = 1024;
 /// A whole vipgate configuration after validation.
 ///
 /// Reserved for later work (rejected today with an error that says so):
-/// `[vrrp]`/`[[vrrp.instance]]`, `[bgp]`/`[[bgp.peer]]`, `[health]`, and
-/// `health` inside `[[service]]` and `[[service.backend]]`.
+/// `[bgp]`/`[[bgp.peer]]`, `[health]`, and `health` inside `[[service]]`
+/// and `[[service.backend]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node: NodeConfig,
@@ -518,3 +518,60 @@ impl VrrpInstanceConfig {
         self.vips.first().is_some_and(|a| a.is_ipv6())
     }
 }
+
+/// `priority` of an instance when not given.
+pub const DEFAULT_VRRP_PRIORITY: u8 = 100;
+/// `advert_interval` when not given.
+pub const DEFAULT_ADVERT_INTERVAL: Duration = Duration::from_secs(1);
+/// `resign_grace` when not given.
+pub const DEFAULT_RESIGN_GRACE: Duration = Duration::from_secs(3);
+/// Longest accepted `resign_grace`.
+pub const MAX_RESIGN_GRACE: Duration = Duration::from_secs(60);
+/// Most VIPs one instance may carry (the advert's 8-bit address count).
+pub const MAX_VRRP_VIPS: usize = 255;
+/// Longest version 2 `auth_pass` (the advert's authentication data field).
+pub const MAX_AUTH_PASS: usize = 8;
+/// `interval` of a script track when not given.
+pub const DEFAULT_TRACK_SCRIPT_INTERVAL: Duration = Duration::from_secs(2);
+
+impl VrrpVersion {
+    /// The number written in the config file and in the advert header.
+    pub fn number(self) -> u8 {
+        match self {
+            VrrpVersion::V2 => 2,
+            VrrpVersion::V3 => 3,
+        }
+    }
+}
+
+impl Default for GarpConfig {
+    /// 5 announcements, a second burst after 5 s, no periodic refresh.
+    fn default() -> Self {
+        GarpConfig {
+            repeat: 5,
+            delay: Duration::from_secs(5),
+            refresh: Duration::ZERO,
+        }
+    }
+}
+
+impl TrackKind {
+    /// The key that selects this kind in `[[vrrp.instance.track]]`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TrackKind::Interface { .. } => "interface",
+            TrackKind::File { .. } => "file",
+            TrackKind::Script { .. } => "script",
+            TrackKind::Service { .. } => "service",
+        }
+    }
+}
+
+named!(VipMode, "vip_mode", [
+    VipMode::Dataplane => "dataplane",
+    VipMode::Kernel => "kernel",
+]);
+named!(VrrpChecksum, "checksum", [
+    VrrpChecksum::PseudoHeader => "pseudo-header",
+    VrrpChecksum::Rfc9568 => "rfc9568",
+]);

@@ -174,6 +174,12 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// Where `key` is written (its name, else its value), if present.
+    pub(crate) fn key_span(&self, key: &str) -> Option<Span> {
+        let entry = self.table.get(key)?;
+        entry.key_span.clone().or_else(|| entry.node.span.clone())
+    }
+
     pub(crate) fn has(&self, key: &str) -> bool {
         self.table.get(key).is_some()
     }
@@ -374,6 +380,61 @@ impl<'a> Section<'a> {
         None
     }
 
+    /// The items of `key = [...]`, each with its span; `None` (reported) if
+    /// the value is not an array or an item is not a string.
+    pub(crate) fn strings(&self, key: &str, example: &str) -> Option<At<Vec<At<&'a str>>>> {
+        let entry = self.table.get(key)?;
+        let Value::Array(items) = &entry.node.value else {
+            self.wrong_type(key, &entry.node, "an array of strings", example);
+            return None;
+        };
+        let mut strings = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match &item.value {
+                Value::String(s) => strings.push(At {
+                    value: s.as_str(),
+                    span: item.span.clone(),
+                }),
+                other => self.ctx.report(
+                    ErrorKind::WrongType,
+                    item.span.clone(),
+                    &format!("{}[{i}]", self.field(key)),
+                    format!("expected a string, found {}", describe(other)),
+                    format!("write {key} = {example}"),
+                ),
+            }
+        }
+        (strings.len() == items.len()).then_some(At {
+            value: strings,
+            span: entry.node.span.clone(),
+        })
+    }
+
+    /// `key = ["198.18.0.1", ...]`: IP addresses; `None` (reported) if any
+    /// item is not one.
+    pub(crate) fn ips(&self, key: &str, example: &str) -> Option<At<Vec<At<IpAddr>>>> {
+        let list = self.strings(key, example)?;
+        let mut ips = Vec::with_capacity(list.value.len());
+        for (i, text) in list.value.iter().enumerate() {
+            match text.value.parse::<IpAddr>() {
+                Ok(value) => ips.push(At {
+                    value,
+                    span: text.span.clone(),
+                }),
+                Err(_) => self.invalid(
+                    &format!("{key}[{i}]"),
+                    &text.span,
+                    format!("\"{}\" is not an IP address", text.value),
+                    ip_list_help(text.value, key, example),
+                ),
+            }
+        }
+        (ips.len() == list.value.len()).then_some(At {
+            value: ips,
+            span: list.span,
+        })
+    }
+
     /// A sub-table `[key]`; reports other value types.
     pub(crate) fn table(&self, key: &str) -> Option<(&'a Table, Option<Span>)> {
         let entry = self.table.get(key)?;
@@ -490,6 +551,23 @@ fn ip_help(text: &str, key: &str, example: &str) -> String {
         );
     }
     format!("write an IPv4 or IPv6 address, e.g. {key} = {example}")
+}
+
+/// [`ip_help`] for an item of a list of addresses.
+fn ip_list_help(text: &str, key: &str, example: &str) -> String {
+    let bare = text
+        .split_once('/')
+        .map(|(a, _)| a.to_string())
+        .or_else(|| {
+            text.parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|s| s.ip().to_string())
+        })
+        .filter(|a| a.parse::<IpAddr>().is_ok());
+    match bare {
+        Some(addr) => format!("write the bare address, without prefix length or port: \"{addr}\""),
+        None => format!("write IPv4 or IPv6 addresses, e.g. {key} = {example}"),
+    }
 }
 
 #[cfg(test)]

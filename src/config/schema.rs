@@ -16,7 +16,11 @@ use super::model::*;
 use super::reader::{At, Ctx, Reserved, Section};
 use super::tree::{Span, Table};
 
-const ROOT_KEYS: &[&str] = &["node", "interface", "dataplane", "service"];
+mod vrrp;
+
+pub(crate) use vrrp::{Setting, SyncGroupDraft, VrrpDraft, VrrpInstanceDraft};
+
+const ROOT_KEYS: &[&str] = &["node", "interface", "dataplane", "service", "vrrp"];
 const NODE_KEYS: &[&str] = &["name", "control_socket"];
 const INTERFACE_KEYS: &[&str] = &["name", "role"];
 const DATAPLANE_KEYS: &[&str] = &[
@@ -44,11 +48,6 @@ const SERVICE_KEYS: &[&str] = &[
 const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
 
 const ROOT_RESERVED: &[Reserved] = &[
-    Reserved {
-        key: "vrrp",
-        message: "[vrrp] is reserved for VRRP, which this version of vipgate does not implement yet",
-        help: "remove the [vrrp] and [[vrrp.instance]] sections for now",
-    },
     Reserved {
         key: "bgp",
         message: "[bgp] is reserved for BGP, which this version of vipgate does not implement yet",
@@ -83,6 +82,7 @@ pub(crate) struct Draft {
     pub interfaces: Vec<InterfaceDraft>,
     pub dataplane: DataplaneConfig,
     pub services: Vec<ServiceDraft>,
+    pub vrrp: VrrpDraft,
 }
 
 pub(crate) struct InterfaceDraft {
@@ -137,11 +137,13 @@ pub(crate) fn read(ctx: &Ctx, root: &Table) -> Draft {
     let interfaces = read_interfaces(&root);
     let dataplane = read_dataplane(&root);
     let services = read_services(&root);
+    let vrrp = vrrp::read(&root);
     Draft {
         node,
         interfaces,
         dataplane,
         services,
+        vrrp,
     }
 }
 
@@ -274,7 +276,7 @@ fn read_interface(
     s.require("name", "\"eth0\"");
     let name = s
         .string("name", "\"eth0\"")
-        .and_then(|n| checked_ifname(&s, n));
+        .and_then(|n| checked_ifname(&s, "name", n));
     let role = or_default(&s, "role", s.choice("role"), InterfaceRole::Both);
     InterfaceDraft {
         index,
@@ -285,7 +287,7 @@ fn read_interface(
 }
 
 /// A Linux link name: 1..=15 bytes, no '/', ':' or white space, not "." or "..".
-fn checked_ifname(s: &Section, name: At<&str>) -> Option<At<String>> {
+fn checked_ifname(s: &Section, key: &str, name: At<&str>) -> Option<At<String>> {
     let n = name.value;
     let bad_char = n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if !n.is_empty() && n.len() <= MAX_IFNAME && !bad_char && n != "." && n != ".." {
@@ -295,7 +297,7 @@ fn checked_ifname(s: &Section, name: At<&str>) -> Option<At<String>> {
         });
     }
     s.invalid(
-        "name",
+        key,
         &name.span,
         format!("\"{n}\" is not a valid Linux interface name"),
         format!("use 1 to {MAX_IFNAME} bytes without '/', ':' or spaces, as `ip link` shows it"),
@@ -678,7 +680,7 @@ pub(crate) fn build(draft: Draft) -> Option<Config> {
         interfaces,
         dataplane: draft.dataplane,
         services,
-        vrrp: VrrpConfig::default(),
+        vrrp: vrrp::build(draft.vrrp)?,
     })
 }
 

@@ -1,9 +1,9 @@
 //! Checks of a configuration against the system it is meant to run on.
 //!
 //! Owns: [`SystemView`], the plain data a caller fills in (from netlink, or
-//! by hand in tests), and the checks against it. Must not: read the system
-//! itself. `vipgate check` must never touch the machine, so this module only
-//! compares data.
+//! by hand in tests), and the checks against it (`[vrrp]`'s in
+//! `system/vrrp.rs`). Must not: read the system itself. `vipgate check`
+//! must never touch the machine, so this module only compares data.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,6 +13,8 @@ use super::error::ErrorKind;
 use super::reader::{At, Ctx};
 use super::schema::{Draft, ServiceDraft};
 use super::suggest::did_you_mean_suffix;
+
+mod vrrp;
 
 /// The interfaces of the machine the configuration is checked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -167,31 +169,39 @@ pub(crate) fn check(ctx: &Ctx, draft: &Draft, view: &SystemView) {
         check_vip_not_local(ctx, service, view);
         check_backends_reachable(ctx, draft, service, view);
     }
+    vrrp::check(ctx, draft, view);
 }
 
 fn check_interfaces_exist(ctx: &Ctx, draft: &Draft, view: &SystemView) {
-    let existing: Vec<&str> = view.interfaces.iter().map(|i| i.name.as_str()).collect();
     for iface in &draft.interfaces {
-        let Some(name) = &iface.name else { continue };
-        if view.interface(&name.value).is_some() {
-            continue;
+        if let Some(name) = &iface.name {
+            check_link(ctx, &format!("interface[{}].name", iface.index), name, view);
         }
-        let list = if existing.is_empty() {
-            "this system reports no interfaces".to_string()
-        } else {
-            format!("existing: {}", existing.join(", "))
-        };
-        ctx.report(
-            ErrorKind::System,
-            name.span.clone(),
-            &format!("interface[{}].name", iface.index),
-            format!("interface \"{}\" does not exist; {list}", name.value),
-            format!(
-                "fix the name, or create the link before starting vipgate{}",
-                did_you_mean_suffix(&name.value, existing.iter().copied())
-            ),
-        );
     }
+}
+
+/// Reports a link the system does not have; returns whether it exists.
+fn check_link(ctx: &Ctx, field: &str, name: &At<String>, view: &SystemView) -> bool {
+    if view.interface(&name.value).is_some() {
+        return true;
+    }
+    let existing: Vec<&str> = view.interfaces.iter().map(|i| i.name.as_str()).collect();
+    let list = if existing.is_empty() {
+        "this system reports no interfaces".to_string()
+    } else {
+        format!("existing: {}", existing.join(", "))
+    };
+    ctx.report(
+        ErrorKind::System,
+        name.span.clone(),
+        field,
+        format!("interface \"{}\" does not exist; {list}", name.value),
+        format!(
+            "fix the name, or create the link before starting vipgate{}",
+            did_you_mean_suffix(&name.value, existing.iter().copied())
+        ),
+    );
+    false
 }
 
 fn check_vip_not_local(ctx: &Ctx, service: &ServiceDraft, view: &SystemView) {
