@@ -55,11 +55,35 @@ enum Command {
         #[arg(long, default_value_os_t = daemon::default_socket())]
         socket: PathBuf,
     },
+    /// Operate VRRP instances of the running daemon.
+    Vrrp {
+        #[command(subcommand)]
+        command: VrrpCommand,
+        /// Control socket of the daemon.
+        #[arg(long, global = true, default_value_os_t = daemon::default_socket())]
+        socket: PathBuf,
+    },
     /// Build the lab in network namespaces on this machine and run a
     /// scenario through the dataplane.
     Lab {
         #[command(subcommand)]
         command: lab::LabCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VrrpCommand {
+    /// Planned switchover: advertise priority 0 now, keep forwarding what
+    /// still arrives for the instance's resign_grace, and stay backup until
+    /// `vrrp resume` (the rest of its sync group resigns with it).
+    Resign { instance: String },
+    /// Undo `vrrp resign`: contend again (and, with preempt, take back
+    /// mastership from a lower-priority master).
+    Resume { instance: String },
+    /// Print VRRP state changes as JSON lines (--follow keeps reading).
+    Events {
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -73,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => daemon::run(&config).map(|()| ExitCode::SUCCESS),
         Command::Check { config, no_system } => check(&config, no_system),
         Command::Status { json, socket } => status(&socket, json).map(|()| ExitCode::SUCCESS),
+        Command::Vrrp { command, socket } => vrrp(&socket, command).map(|()| ExitCode::SUCCESS),
         Command::Lab { command } => lab::main(command),
     };
     match result {
@@ -136,6 +161,37 @@ fn status(socket: &Path, raw: bool) -> Result<()> {
     Ok(())
 }
 
+fn vrrp(socket: &Path, command: VrrpCommand) -> Result<()> {
+    match command {
+        VrrpCommand::Resign { instance } => {
+            let r = control::request(socket, &json!({"cmd": "vrrp.resign", "instance": instance}))?;
+            println!(
+                "{instance}: resigned; forwarding what still arrives for {} ms",
+                r["grace_ms"]
+            );
+        }
+        VrrpCommand::Resume { instance } => {
+            control::request(socket, &json!({"cmd": "vrrp.resume", "instance": instance}))?;
+            println!("{instance}: resumed");
+        }
+        VrrpCommand::Events { follow } => {
+            let mut after = 0;
+            loop {
+                let r = control::request(socket, &json!({"cmd": "vrrp.events", "after": after}))?;
+                for e in r["events"].as_array().into_iter().flatten() {
+                    println!("{e}");
+                    after = after.max(e["seq"].as_u64().unwrap_or(0));
+                }
+                if !follow {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The human view of a status document.
 pub fn render_status(d: &Value) -> String {
     use std::fmt::Write;
@@ -184,6 +240,7 @@ pub fn render_status(d: &Value) -> String {
             );
         }
     }
+    render_vrrp(&mut out, &d["vrrp"]);
     let workers = d["workers"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "\nper worker:");
     let names: Vec<String> = workers
@@ -223,4 +280,82 @@ pub fn render_status(d: &Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The VRRP part of the human status view (nothing without instances).
+fn render_vrrp(out: &mut String, v: &Value) {
+    use std::fmt::Write;
+    let Some(instances) = v["instances"].as_array().filter(|a| !a.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nvrrp {:<16} {:<8} {:>4} {:>2} {:<7} {:>9} {:<24} {:>8}  last change",
+        "instance", "link", "vrid", "v", "state", "prio/eff", "master", "interval"
+    );
+    for i in instances {
+        let last = &i["last_transition"];
+        let last = if last.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} -> {} ({}) {:.1}s ago",
+                last["from"].as_str().unwrap_or("?"),
+                last["to"].as_str().unwrap_or("?"),
+                last["reason"].as_str().unwrap_or("?"),
+                last["seconds_ago"].as_f64().unwrap_or(0.0)
+            )
+        };
+        let mut state = i["state"].as_str().unwrap_or("?").to_string();
+        if i["resigned"].as_bool() == Some(true) {
+            state.push('*');
+        }
+        let _ = writeln!(
+            out,
+            "     {:<16} {:<8} {:>4} {:>2} {:<7} {:>9} {:<24} {:>6}ms  {}",
+            i["name"].as_str().unwrap_or("?"),
+            i["interface"].as_str().unwrap_or("?"),
+            i["vrid"].to_string(),
+            i["version"].to_string(),
+            state,
+            format!("{}/{}", i["priority"], i["effective_priority"]),
+            i["master"].as_str().unwrap_or("-"),
+            i["advert_interval_ms"].to_string(),
+            last
+        );
+        let c = &i["counters"];
+        let dropped: Vec<String> = c["dropped"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "       vips {} ({})  adverts rx {} tx {}  prio0 rx {} tx {}  dropped: {}",
+            i["vips"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default(),
+            i["vip_state"].as_str().unwrap_or("?"),
+            c["adverts_rx"],
+            c["adverts_tx"],
+            c["priority_zero_rx"],
+            c["priority_zero_tx"],
+            if dropped.is_empty() {
+                "none".to_string()
+            } else {
+                dropped.join(", ")
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "     (* resigned: stays backup until `vipgate vrrp resume`)"
+    );
 }

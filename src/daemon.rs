@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -36,11 +36,16 @@ use vipgate_dataplane::snapshot::{
 };
 use vipgate_dataplane::worker::{self, Tables, WorkerEvent, WorkerHandle};
 
-use crate::config::{self, Config, InterfaceRole, IoBackend, Protocol, Scheduler};
+use crate::config::{self, Config, InterfaceRole, IoBackend, Protocol, Scheduler, VipMode};
 use crate::control::{ControlServer, Handler};
 use crate::netlink::{Family, Link, RtNetlink};
 use crate::privileges;
 use crate::sys::{self, IngressFilter, NftIngressGuard, Offload, OffloadGuard, SystemChanges};
+use crate::vrrp::{
+    self,
+    instance::VipState,
+    run::{Request, VrrpRuntime},
+};
 
 /// How often routes and neighbours are mirrored from the kernel even
 /// without a miss.
@@ -83,8 +88,21 @@ fn run_with(
     changes: &mut SystemChanges,
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
-    let snapshot = build_services(config, links, 1)?;
-    let vips: Vec<IpAddr> = snapshot.vips.iter().map(|v| v.addr).collect();
+    // VRRP VIPs start inactive: an instance starts as backup.
+    let vip_states: HashMap<IpAddr, VipState> = config
+        .vrrp
+        .instances
+        .iter()
+        .flat_map(|i| i.vips.iter().map(|v| (*v, VipState::Inactive)))
+        .collect();
+    let snapshot = build_services(config, links, 1, &vip_states)?;
+    let all_links = nl.links().context("listing links")?;
+    let addrs = nl.addrs().context("listing addresses")?;
+    let vrrp_plan = vrrp::run::plan(config, &all_links, &addrs)?;
+    let mut vips: Vec<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+    vips.extend(vip_states.keys().copied());
+    vips.sort();
+    vips.dedup();
     let services = Arc::new(Published::new(snapshot));
     let nexthops = Arc::new(Published::new(read_nexthops(&mut nl, links, 1)?));
     let tables = Tables {
@@ -109,13 +127,14 @@ fn run_with(
     let state = Arc::new(StatusState {
         node: config.node.name.clone(),
         started: Instant::now(),
+        vrrp: OnceLock::new(),
         services: services.clone(),
         workers: pipelines
             .iter()
             .map(|p| (p.counters(), p.backend_gauges()))
             .collect(),
     });
-    let control = start_control(&config.node.control_socket, state)?;
+    let control = start_control(&config.node.control_socket, state.clone())?;
     if !memory_io {
         prepare_system(config, links, &vips, changes)?;
     }
@@ -149,7 +168,28 @@ fn run_with(
         "dataplane running"
     );
     resolve_backends(&mut nl, &services.load());
-    let result = control_loop(&mut nl, links, &nexthops, &events, &handles, stop);
+    let vrrp = if vrrp_plan.instances.is_empty() {
+        None
+    } else {
+        let runtime = vrrp::run::spawn(vrrp_plan, publisher(config, links, services.clone()))?;
+        let _ = state.vrrp.set(runtime.shared());
+        info!(instances = config.vrrp.instances.len(), "VRRP running");
+        Some(runtime)
+    };
+    let result = control_loop(
+        &mut nl,
+        links,
+        &nexthops,
+        &events,
+        &handles,
+        vrrp.as_ref(),
+        stop,
+    );
+    // Planned switchover first: masters resign and the workers keep
+    // forwarding through the grace period.
+    if let Some(v) = vrrp {
+        v.shutdown();
+    }
     for h in handles {
         let id = h.id;
         if let Err(e) = h.join() {
@@ -161,6 +201,24 @@ fn run_with(
     result
 }
 
+/// Rebuilds and publishes the service snapshot whenever VRRP moves a VIP.
+fn publisher(
+    config: &Config,
+    links: &[Link],
+    services: Arc<Published<ServiceSnapshot>>,
+) -> vrrp::run::Publish {
+    let config = config.clone();
+    let links = links.to_vec();
+    let mut generation = 1;
+    Box::new(move |states| {
+        generation += 1;
+        match build_services(&config, &links, generation, states) {
+            Ok(snapshot) => services.store(snapshot),
+            Err(e) => warn!(error = %e, "could not rebuild the service snapshot"),
+        }
+    })
+}
+
 /// Resolves neighbour misses, mirrors the kernel's routes and neighbours,
 /// and watches the workers, until a signal arrives.
 fn control_loop(
@@ -169,6 +227,7 @@ fn control_loop(
     nexthops: &Published<NextHopSnapshot>,
     events: &Receiver<WorkerEvent>,
     workers: &[WorkerHandle],
+    vrrp: Option<&VrrpRuntime>,
     stop: &AtomicBool,
 ) -> Result<()> {
     let mut generation = 1;
@@ -194,6 +253,9 @@ fn control_loop(
         }
         if let Some(w) = workers.iter().find(|w| w.is_finished()) {
             bail!("worker {} stopped unexpectedly", w.id);
+        }
+        if vrrp.is_some_and(|v| v.is_finished()) {
+            bail!("the VRRP thread stopped unexpectedly");
         }
         if !asked.is_empty() && last_mirror.elapsed() > Duration::from_millis(50) {
             refresh = true;
@@ -311,6 +373,8 @@ fn start_control(path: &Path, state: Arc<StatusState>) -> Result<ControlThread> 
 struct StatusState {
     node: String,
     started: Instant,
+    /// Set once the VRRP thread runs.
+    vrrp: OnceLock<Arc<vrrp::run::Shared>>,
     services: Arc<Published<ServiceSnapshot>>,
     workers: Vec<(
         Arc<vipgate_dataplane::counters::WorkerCounters>,
@@ -319,10 +383,29 @@ struct StatusState {
 }
 
 impl Handler for StatusState {
-    fn handle(&self, cmd: &str, _request: &Value) -> Result<Value> {
+    fn handle(&self, cmd: &str, request: &Value) -> Result<Value> {
+        let instance = || {
+            request["instance"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("{cmd}: missing \"instance\""))
+        };
+        let vrrp = || {
+            self.vrrp
+                .get()
+                .ok_or_else(|| anyhow!("this daemon runs no VRRP instance"))
+        };
         match cmd {
             "status" => Ok(self.status()),
-            other => bail!("unknown command {other:?}; known: status"),
+            "vrrp.resign" => vrrp()?.request(Request::Resign(instance()?)),
+            "vrrp.resume" => vrrp()?.request(Request::Resume(instance()?)),
+            "vrrp.events" => {
+                let after = request["after"].as_u64().unwrap_or(0);
+                Ok(json!({ "events": vrrp()?.events_after(after) }))
+            }
+            other => bail!(
+                "unknown command {other:?}; known: status, vrrp.resign, vrrp.resume, vrrp.events"
+            ),
         }
     }
 }
@@ -378,6 +461,7 @@ impl StatusState {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "generation": snapshot.generation,
             "services": services,
+            "vrrp": self.vrrp.get().map_or(Value::Null, |v| v.status()),
             "workers": workers,
         })
     }
@@ -427,9 +511,21 @@ fn role_of<'a>(config: &'a Config, link: &Link) -> Option<&'a InterfaceRole> {
 
 /// Builds the service snapshot: ids, scheduler tables, VIPs answered on
 /// the client-facing links.
-pub fn build_services(config: &Config, links: &[Link], generation: u64) -> Result<ServiceSnapshot> {
+/// Builds the service snapshot. `vip_states` holds the state of every VIP
+/// a VRRP instance owns (absent: always active): an inactive VIP's services
+/// are left out (their backends stay known, so replies of connections that
+/// are still open are translated), a draining VIP keeps its services but is
+/// no longer answered for.
+pub fn build_services(
+    config: &Config,
+    links: &[Link],
+    generation: u64,
+    vip_states: &HashMap<IpAddr, VipState>,
+) -> Result<ServiceSnapshot> {
     let mut endpoint_ids: HashMap<(Addr16, u16, L4Proto), u32> = HashMap::new();
     let mut services = Vec::new();
+    let mut retired = Vec::new();
+    let state_of = |vip: &IpAddr| vip_states.get(vip).copied().unwrap_or(VipState::Active);
     for (i, s) in config.services.iter().enumerate() {
         let proto = match s.protocol {
             Protocol::Tcp => L4Proto::Tcp,
@@ -459,6 +555,10 @@ pub fn build_services(config: &Config, links: &[Link], generation: u64) -> Resul
         };
         let table = SchedTable::build(kind, &sched, &options)
             .map_err(|e| anyhow!("service {:?}: {e}", s.name))?;
+        if state_of(&s.vip) == VipState::Inactive {
+            retired.extend(backends.into_iter().map(|b| (b, proto)));
+            continue;
+        }
         services.push(Service {
             id: i as u32 + 1,
             name: s.name.clone(),
@@ -480,13 +580,35 @@ pub fn build_services(config: &Config, links: &[Link], generation: u64) -> Resul
         })
         .map(|l| l.index)
         .collect();
+    let kernel_mode: Vec<IpAddr> = config
+        .vrrp
+        .instances
+        .iter()
+        .filter(|i| i.vip_mode == VipMode::Kernel)
+        .flat_map(|i| i.vips.iter().copied())
+        .collect();
+    let dataplane_vrrp = config
+        .vrrp
+        .instances
+        .iter()
+        .filter(|i| i.vip_mode == VipMode::Dataplane)
+        .flat_map(|i| i.vips.iter().copied());
     let mut vips: Vec<Vip> = Vec::new();
-    for s in &config.services {
-        if !vips.iter().any(|v| v.addr == s.vip) {
-            vips.push(Vip {
-                addr: s.vip,
-                ifindexes: client_links.clone(),
-            });
+    for addr in config.services.iter().map(|s| s.vip).chain(dataplane_vrrp) {
+        if vips.iter().any(|v| v.addr == addr) {
+            continue;
+        }
+        let answered = state_of(&addr) == VipState::Active && !kernel_mode.contains(&addr);
+        match state_of(&addr) {
+            VipState::Inactive => {}
+            _ => vips.push(Vip {
+                addr,
+                ifindexes: if answered {
+                    client_links.clone()
+                } else {
+                    Vec::new()
+                },
+            }),
         }
     }
     let interfaces = links
@@ -499,11 +621,7 @@ pub fn build_services(config: &Config, links: &[Link], generation: u64) -> Resul
         })
         .collect();
     Ok(ServiceSnapshot::new(
-        generation,
-        services,
-        vips,
-        interfaces,
-        Vec::new(),
+        generation, services, vips, interfaces, retired,
     ))
 }
 
@@ -672,7 +790,7 @@ mod tests {
     fn lab_config_becomes_a_snapshot_with_endpoint_ids_and_client_vips() {
         let config = config::validate_str(crate::lab::LAB_CONFIG, "lab.toml", None).expect("valid");
         let links = [link(7, "vg-cli"), link(9, "vg-srv")];
-        let s = build_services(&config, &links, 1).expect("builds");
+        let s = build_services(&config, &links, 1, &HashMap::new()).expect("builds");
         assert_eq!(s.services.len(), 3);
         // One id per (address, port, protocol): web and echo-udp share
         // 198.18.20.2:80 but not the protocol.

@@ -9,7 +9,9 @@
 //! The daemon owns the glue (`src/vrrp/run.rs`): it feeds received adverts
 //! and timeouts into [`node::Node`] and carries out its actions.
 
+pub mod announce;
 pub mod instance;
 pub mod node;
+pub mod run;
 pub mod socket;
 pub mod wire;

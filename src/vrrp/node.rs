@@ -128,6 +128,11 @@ impl Node {
             .ok_or_else(|| NodeError::UnknownInstance(name.to_string()))
     }
 
+    /// The instance for VRID `vrid` on link `ifindex` and family.
+    pub fn lookup(&self, ifindex: u32, v6: bool, vrid: u8) -> Option<usize> {
+        self.by_vrid.get(&(ifindex, v6, vrid)).copied()
+    }
+
     pub fn instance(&self, i: usize) -> &Instance {
         &self.slots[i].inst
     }
@@ -561,7 +566,6 @@ mod tests {
         s.event(0, 1); // back: preempts
         s.advance(Duration::from_secs(5));
         assert_eq!(s.masters(), vec![1]);
-        assert_eq!(s.worst_dual, Duration::ZERO.max(s.worst_dual));
         assert!(
             s.worst_dual <= DELAY * 2,
             "dual masters for {:?}",
@@ -576,7 +580,7 @@ mod tests {
         assert_eq!(s.masters(), vec![1]);
         let t = s.now;
         s.event(3, 1);
-        assert!(s.vips_active[1] == false);
+        assert!(!s.vips_active[1]);
         s.advance(Duration::from_millis(100));
         assert_eq!(s.masters(), vec![0]);
         let took = s.routers[0]
