@@ -53,12 +53,42 @@
 //!   address = "198.18.2.2"                       # required
 //!   port = 8080                                  # default: the service port
 //!   weight = 1                                   # 0..=65535, 0 = drain
+//!
+//! [vrrp]                                         # optional; defaults for every instance
+//! version = 3                                    # 3 (RFC 5798) | 2 (RFC 3768, IPv4 only)
+//! advert_interval = "1s"                         # v3: 10ms..=40s950ms by 10ms; v2: 1s..=255s
+//! preempt = true
+//! preempt_delay = "0s"
+//! garp_repeat = 5                                # 1..=100
+//! garp_delay = "5s"                              # second burst; "0s" = none
+//! garp_refresh = "0s"                            # "0s" = off
+//! resign_grace = "3s"                            # 0s..=60s
+//! notify = "/usr/local/bin/vrrp-notify"          # optional; "" = none
+//! checksum = "pseudo-header"                     # pseudo-header | rfc9568 (IPv4 v3 only)
+//! vip_mode = "dataplane"                         # dataplane | kernel
+//!   [[vrrp.instance]]                            # any [vrrp] key may be overridden
+//!   name = "vip1"                                # required, unique
+//!   interface = "eth0"                           # required; dataplane mode: a client-side [[interface]]
+//!   vrid = 51                                    # required, 1..=255
+//!   priority = 100                               # 1..=255 (255: address owner)
+//!   vips = ["198.18.1.10"]                       # required, 1..=255, one family
+//!   unicast_source = "198.18.0.1"                # optional, an address of interface
+//!   unicast_peers = []                           # non-empty: unicast instead of multicast
+//!   auth_pass = "secret"                         # optional, version 2 only, 1..=8 bytes
+//!   virtual_mac = false
+//!     [[vrrp.instance.track]]                    # one of interface | file | script | service
+//!     interface = "eth1"
+//!     weight = 0                                 # -254..=254; 0 = FAULT while down
+//!     # script only: interval = "2s", timeout = interval, rise = 1, fall = 1
+//!   [[vrrp.sync_group]]
+//!   name = "g1"                                  # required, unique
+//!   instances = ["vip1"]                         # required; an instance in one group at most
 //! ```
 //!
-//! Reserved for later work and rejected with a message saying so: `[vrrp]`
-//! (`[[vrrp.instance]]`), `[bgp]` (`[[bgp.peer]]`), `[health]`, and `health`
-//! inside `[[service]]` and `[[service.backend]]`. Any other unknown key is an
-//! error too, with a "did you mean" where one is close.
+//! Reserved for later work and rejected with a message saying so: `[bgp]`
+//! (`[[bgp.peer]]`), `[health]`, and `health` inside `[[service]]` and
+//! `[[service.backend]]`. Any other unknown key is an error too, with a "did
+//! you mean" where one is close.
 
 #![forbid(unsafe_code)]
 

@@ -289,7 +289,8 @@ fn check_peers(ctx: &Ctx, path: &str, instance: &VrrpInstanceDraft, v6: bool) {
                     family(peer.value)
                 ),
                 format!(
-                    "list {fam} peers only; adverts for {} go in a separate instance",
+                    "list {fam} peers only ({} peers belong to an {} instance)",
+                    family(peer.value),
                     family(peer.value)
                 ),
             )
@@ -390,10 +391,18 @@ fn check_dataplane_interface(
     let configured = interfaces
         .iter()
         .find(|i| i.name.as_ref().is_some_and(|n| n.value == name.value));
+    let client_sides = interfaces
+        .iter()
+        .filter(|i| i.role.as_ref().is_some_and(|r| r.value.carries_clients()))
+        .filter_map(|i| i.name.as_ref().map(|n| n.value.as_str()));
     let (message, help) = match configured.map(|i| i.role.as_ref().map(|r| r.value)) {
         None => (
             format!("interface \"{}\" is not a dataplane [[interface]], but vip_mode \"dataplane\"{mode} serves the VIPs from the dataplane", name.value),
-            format!("add [[interface]] name = \"{}\" role = \"client\", or set vip_mode = \"kernel\"", name.value),
+            format!(
+                "add [[interface]] name = \"{}\" role = \"client\", or set vip_mode = \"kernel\"{}",
+                name.value,
+                did_you_mean_suffix(&name.value, client_sides)
+            ),
         ),
         Some(Some(role)) if !role.carries_clients() => (
             format!("interface \"{}\" has role \"{role}\", but vip_mode \"dataplane\"{mode} needs the clients to reach the VIPs there", name.value),
@@ -468,10 +477,12 @@ fn check_virtual_routers(ctx: &Ctx, instances: &[VrrpInstanceDraft]) {
     }
 }
 
+/// A VIP, with its link when it is link-local (those are per link).
+type VipKey<'d> = (IpAddr, Option<&'d str>);
+
 /// A VIP belongs to one instance. Link-local addresses are per link.
 fn check_vip_owners(ctx: &Ctx, instances: &[VrrpInstanceDraft]) {
-    let mut seen: HashMap<(IpAddr, Option<&str>), (&VrrpInstanceDraft, Option<Span>)> =
-        HashMap::new();
+    let mut seen: HashMap<VipKey, (&VrrpInstanceDraft, Option<Span>)> = HashMap::new();
     for instance in instances {
         let Some(vips) = &instance.vips else { continue };
         let iface = instance.interface.as_ref().map(|i| i.value.as_str());
@@ -590,4 +601,29 @@ fn check_member<'d>(
         return;
     };
     ctx.report(kind, member.span.clone(), field, message, help);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(version: VrrpVersion, ms: u64) -> bool {
+        interval_problem(version, Duration::from_millis(ms), "v").is_none()
+    }
+
+    #[test]
+    fn interval_bounds_per_version() {
+        assert!(ok(VrrpVersion::V3, 10) && ok(VrrpVersion::V3, 40_950));
+        assert!(!ok(VrrpVersion::V3, 40_960) && !ok(VrrpVersion::V3, 15));
+        assert!(ok(VrrpVersion::V2, 1_000) && ok(VrrpVersion::V2, 255_000));
+        assert!(!ok(VrrpVersion::V2, 1_500) && !ok(VrrpVersion::V2, 256_000));
+        assert!(!ok(VrrpVersion::V2, 100));
+    }
+
+    #[test]
+    fn centisecond_fix_rounds_to_the_nearest_step() {
+        let (_, help) = interval_problem(VrrpVersion::V3, Duration::from_millis(1_004), "v")
+            .expect("not whole centiseconds");
+        assert!(help.ends_with("advert_interval = \"1s\""), "{help}");
+    }
 }

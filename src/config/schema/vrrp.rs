@@ -567,7 +567,7 @@ fn report_script_only(s: &Section, key: &str, kind: &str) {
         ErrorKind::Conflict,
         s.key_span(key),
         &s.field(key),
-        format!("{key} applies to script tracks only, this track watches a {kind}"),
+        format!("{key} applies to script tracks only, not to {kind} tracks"),
         format!("remove {key}"),
     );
 }

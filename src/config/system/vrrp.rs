@@ -4,7 +4,7 @@
 //! Must not: read the system (the caller fills in the view).
 
 use super::super::error::ErrorKind;
-use super::super::model::TrackKind;
+use super::super::model::{TrackKind, VipMode};
 use super::super::reader::{At, Ctx};
 use super::super::schema::{Draft, VrrpInstanceDraft};
 use super::{check_link, SystemView};
@@ -13,10 +13,10 @@ pub(super) fn check(ctx: &Ctx, draft: &Draft, view: &SystemView) {
     for instance in &draft.vrrp.instances {
         let path = format!("vrrp.instance[{}]", instance.index);
         if let Some(name) = &instance.interface {
-            let exists = check_link(ctx, &format!("{path}.interface"), name, view);
-            if exists {
-                check_unicast_source(ctx, &path, instance, &name.value, view);
+            if !dataplane_link(draft, instance) {
+                check_link(ctx, &format!("{path}.interface"), name, view);
             }
+            check_unicast_source(ctx, &path, instance, &name.value, view);
         }
         for track in &instance.tracks {
             let Some(At {
@@ -34,6 +34,19 @@ pub(super) fn check(ctx: &Ctx, draft: &Draft, view: &SystemView) {
             check_link(ctx, &field, &at, view);
         }
     }
+}
+
+/// Whether the instance's link is a configured `[[interface]]` (checked
+/// as such), or must be one (vip_mode "dataplane": `checks.rs` reports it
+/// when it is not, with a "did you mean"). Either way one error is enough.
+fn dataplane_link(draft: &Draft, instance: &VrrpInstanceDraft) -> bool {
+    let configured = instance.interface.as_ref().is_some_and(|name| {
+        draft
+            .interfaces
+            .iter()
+            .any(|i| i.name.as_ref().is_some_and(|n| n.value == name.value))
+    });
+    configured || instance.settings.vip_mode.value() == Some(&VipMode::Dataplane)
 }
 
 fn check_unicast_source(
