@@ -580,36 +580,42 @@ pub fn build_services(
         })
         .map(|l| l.index)
         .collect();
-    let kernel_mode: Vec<IpAddr> = config
-        .vrrp
-        .instances
-        .iter()
-        .filter(|i| i.vip_mode == VipMode::Kernel)
-        .flat_map(|i| i.vips.iter().copied())
-        .collect();
-    let dataplane_vrrp = config
-        .vrrp
-        .instances
-        .iter()
-        .filter(|i| i.vip_mode == VipMode::Dataplane)
-        .flat_map(|i| i.vips.iter().copied());
+    // A VRRP VIP is answered on its instance's link (when the dataplane
+    // opens it), not on every client link; kernel-mode VIPs are the
+    // kernel's to answer.
+    let mut vrrp_links: HashMap<IpAddr, Vec<u32>> = HashMap::new();
+    for inst in &config.vrrp.instances {
+        let on = match inst.vip_mode {
+            VipMode::Kernel => Vec::new(),
+            VipMode::Dataplane => links
+                .iter()
+                .filter(|l| l.name == inst.interface)
+                .map(|l| l.index)
+                .collect(),
+        };
+        for v in &inst.vips {
+            vrrp_links.insert(*v, on.clone());
+        }
+    }
     let mut vips: Vec<Vip> = Vec::new();
-    for addr in config.services.iter().map(|s| s.vip).chain(dataplane_vrrp) {
+    let vrrp_vips = config
+        .vrrp
+        .instances
+        .iter()
+        .flat_map(|i| i.vips.iter().copied());
+    for addr in config.services.iter().map(|s| s.vip).chain(vrrp_vips) {
         if vips.iter().any(|v| v.addr == addr) {
             continue;
         }
-        let answered = state_of(&addr) == VipState::Active && !kernel_mode.contains(&addr);
-        match state_of(&addr) {
-            VipState::Inactive => {}
-            _ => vips.push(Vip {
-                addr,
-                ifindexes: if answered {
-                    client_links.clone()
-                } else {
-                    Vec::new()
-                },
-            }),
-        }
+        let ifindexes = match state_of(&addr) {
+            VipState::Inactive => continue,
+            VipState::Draining => Vec::new(),
+            VipState::Active => vrrp_links
+                .get(&addr)
+                .cloned()
+                .unwrap_or_else(|| client_links.clone()),
+        };
+        vips.push(Vip { addr, ifindexes });
     }
     let interfaces = links
         .iter()
