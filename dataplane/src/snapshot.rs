@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -128,14 +129,21 @@ pub struct ServiceSnapshot {
     pub services: Vec<Service>,
     pub vips: Vec<Vip>,
     pub interfaces: Vec<Interface>,
-    by_vip: FxHashMap<(Addr16, u16, L4Proto), usize>,
+    /// (VIP, port, protocol) -> index into `services`.
+    by_vip: EndpointMap,
     by_id: FxHashMap<u32, usize>,
-    by_backend: FxHashMap<(Addr16, u16, L4Proto), u32>,
+    /// Service ids below [`DENSE_IDS`] -> index into `services` (`NONE`
+    /// where there is none), so replies find their service without
+    /// hashing.
+    by_id_dense: Vec<u32>,
+    /// (backend address, port, protocol) -> backend id.
+    by_backend: EndpointMap,
     backends_by_id: FxHashMap<u32, Backend>,
     /// The same backends indexed by id (ids are dense from 0), so the
     /// packet path finds a connection's backend without hashing.
     backends_dense: Vec<Option<Backend>>,
-    vip_addrs: FxHashMap<Addr16, ()>,
+    /// Every VIP address (of a service or of `vips`), port and protocol 0.
+    vip_addrs: EndpointMap,
     /// VIPs this node answers for (ARP, ND, echo), with their links.
     answered: FxHashMap<Addr16, Vec<u32>>,
 }
@@ -157,16 +165,29 @@ impl ServiceSnapshot {
             interfaces,
             ..Default::default()
         };
+        let backends = retired.len() + services.iter().map(|s| s.backends.len()).sum::<usize>();
+        s.by_backend = EndpointMap::with_capacity(backends);
+        s.by_vip = EndpointMap::with_capacity(services.len());
+        s.vip_addrs = EndpointMap::with_capacity(services.len() + s.vips.len());
         for (b, proto) in retired {
-            s.by_backend.insert((b.addr, b.port, proto), b.id);
+            s.by_backend.insert(b.addr, b.port, proto as u8, b.id);
             s.backends_by_id.insert(b.id, b);
         }
         for (i, svc) in services.iter().enumerate() {
-            s.by_vip.insert((svc.vip, svc.port, svc.proto), i);
+            // Fits: a snapshot never holds 2^32 services.
+            let index = i as u32;
+            s.by_vip.insert(svc.vip, svc.port, svc.proto as u8, index);
             s.by_id.insert(svc.id, i);
-            s.vip_addrs.insert(svc.vip, ());
+            let id = svc.id as usize;
+            if id < DENSE_IDS {
+                if s.by_id_dense.len() <= id {
+                    s.by_id_dense.resize(id + 1, NONE);
+                }
+                s.by_id_dense[id] = index;
+            }
+            s.vip_addrs.insert(svc.vip, 0, 0, 0);
             for b in &svc.backends {
-                s.by_backend.insert((b.addr, b.port, svc.proto), b.id);
+                s.by_backend.insert(b.addr, b.port, svc.proto as u8, b.id);
                 s.backends_by_id.insert(b.id, b.clone());
             }
         }
@@ -180,7 +201,7 @@ impl ServiceSnapshot {
             }
         }
         for v in &s.vips {
-            s.vip_addrs.insert(Addr16::from_ip(v.addr), ());
+            s.vip_addrs.insert(Addr16::from_ip(v.addr), 0, 0, 0);
             s.answered
                 .insert(Addr16::from_ip(v.addr), v.ifindexes.clone());
         }
@@ -190,19 +211,21 @@ impl ServiceSnapshot {
 
     #[inline]
     pub fn service_for(&self, vip: Addr16, port: u16, proto: L4Proto) -> Option<&Service> {
-        self.by_vip
-            .get(&(vip, port, proto))
-            .map(|i| &self.services[*i])
+        let i = self.by_vip.get(&vip, port, proto as u8)?;
+        self.services.get(i as usize)
     }
 
     #[inline]
     pub fn service_by_id(&self, id: u32) -> Option<&Service> {
-        self.by_id.get(&id).map(|i| &self.services[*i])
+        match self.by_id_dense.get(id as usize) {
+            Some(&i) => self.services.get(i as usize),
+            None => self.by_id.get(&id).map(|i| &self.services[*i]),
+        }
     }
 
     #[inline]
     pub fn is_vip(&self, addr: Addr16) -> bool {
-        self.vip_addrs.contains_key(&addr)
+        self.vip_addrs.get(&addr, 0, 0).is_some()
     }
 
     /// Whether this node answers ARP/ND and echo requests for `addr` on
@@ -217,7 +240,7 @@ impl ServiceSnapshot {
     /// The backend id of a reply's source endpoint, if it is a backend.
     #[inline]
     pub fn backend_id(&self, addr: Addr16, port: u16, proto: L4Proto) -> Option<u32> {
-        self.by_backend.get(&(addr, port, proto)).copied()
+        self.by_backend.get(&addr, port, proto as u8)
     }
 
     #[inline]
@@ -230,6 +253,101 @@ impl ServiceSnapshot {
 
     pub fn interface(&self, ifindex: u32) -> Option<&Interface> {
         self.interfaces.iter().find(|i| i.ifindex == ifindex)
+    }
+}
+
+/// "No service" in `by_id_dense` (no index reaches it: see `new`).
+const NONE: u32 = u32::MAX;
+
+/// A map from an endpoint (16-byte address, port, protocol number) to a
+/// `u32`, for the lookups every packet makes: open addressing with linear
+/// probing over a flat array, at most a quarter full, so a miss usually
+/// costs one multiply and one slot read, and a hit one 24-byte compare.
+/// Built once per snapshot; never changes afterwards. Later inserts of the
+/// same key replace earlier ones (as `HashMap::insert` does).
+#[derive(Debug, Clone, Default)]
+struct EndpointMap {
+    slots: Box<[EndpointSlot]>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct EndpointSlot {
+    addr: [u8; 16],
+    /// [`EndpointSlot::tail`] of the key; 0 marks an empty slot.
+    tail: u32,
+    value: u32,
+}
+
+impl EndpointSlot {
+    /// Port, protocol and a "used" bit, packed so a slot compares in two
+    /// words and an empty slot is all zeros.
+    #[inline]
+    fn tail(port: u16, proto: u8) -> u32 {
+        (1 << 31) | (u32::from(port) << 8) | u32::from(proto)
+    }
+}
+
+impl EndpointMap {
+    /// Room for `n` keys at a load of at most 1/4.
+    fn with_capacity(n: usize) -> EndpointMap {
+        let len = (n * 4).next_power_of_two().max(8);
+        EndpointMap {
+            slots: vec![EndpointSlot::default(); len].into_boxed_slice(),
+        }
+    }
+
+    #[inline]
+    fn home(&self, addr: &[u8; 16], tail: u32) -> usize {
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&addr[..8]);
+        hi.copy_from_slice(&addr[8..]);
+        let x = u64::from_le_bytes(lo) ^ u64::from_le_bytes(hi).rotate_left(23) ^ u64::from(tail);
+        let p = u128::from(x) * 0x9e37_79b9_7f4a_7c15_u128;
+        (p as u64 ^ (p >> 64) as u64) as usize & (self.slots.len() - 1)
+    }
+
+    fn insert(&mut self, addr: Addr16, port: u16, proto: u8, value: u32) {
+        if self.slots.is_empty() {
+            *self = EndpointMap::with_capacity(1);
+        }
+        let tail = EndpointSlot::tail(port, proto);
+        let mask = self.slots.len() - 1;
+        let mut pos = self.home(&addr.0, tail);
+        // Bounded: `with_capacity` leaves most slots empty.
+        for _ in 0..self.slots.len() {
+            let slot = &mut self.slots[pos];
+            if slot.tail == 0 || (slot.tail == tail && slot.addr == addr.0) {
+                *slot = EndpointSlot {
+                    addr: addr.0,
+                    tail,
+                    value,
+                };
+                return;
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    #[inline]
+    fn get(&self, addr: &Addr16, port: u16, proto: u8) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let tail = EndpointSlot::tail(port, proto);
+        let mask = self.slots.len() - 1;
+        let mut pos = self.home(&addr.0, tail);
+        for _ in 0..self.slots.len() {
+            let slot = &self.slots[pos];
+            if slot.tail == tail && slot.addr == addr.0 {
+                return Some(slot.value);
+            }
+            if slot.tail == 0 {
+                return None;
+            }
+            pos = (pos + 1) & mask;
+        }
+        None
     }
 }
 
@@ -297,10 +415,16 @@ pub enum NextHopMiss {
     },
 }
 
+/// Source of [`NextHopSnapshot::stamp`].
+static NEXT_STAMP: AtomicU64 = AtomicU64::new(1);
+
 /// Routes and neighbour MACs mirrored from the kernel.
 #[derive(Debug, Default)]
 pub struct NextHopSnapshot {
     pub generation: u64,
+    /// Unique per snapshot built by [`NextHopSnapshot::new`] (0 for the
+    /// empty default): what per-worker caches of lookups are keyed by.
+    stamp: u64,
     /// Sorted longest prefix first.
     routes: Vec<Route>,
     neighbours: FxHashMap<(u32, Addr16), [u8; 6]>,
@@ -317,6 +441,7 @@ impl NextHopSnapshot {
         routes.sort_by_key(|r| std::cmp::Reverse(r.len));
         NextHopSnapshot {
             generation,
+            stamp: NEXT_STAMP.fetch_add(1, Ordering::Relaxed),
             routes,
             neighbours: neighbours
                 .into_iter()
@@ -328,6 +453,15 @@ impl NextHopSnapshot {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// A number no other snapshot built in this process has (the empty
+    /// default, which resolves nothing, has 0): a cache of [`Self::lookup`]
+    /// results is valid while the stamp it was filled under is current.
+    /// Unlike `generation`, it does not depend on the publisher counting.
+    #[inline]
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Whether the MAC of `addr` on `ifindex` is known.
@@ -451,5 +585,126 @@ mod tests {
         let r6 = Route::new("::".parse().unwrap(), 0, 1, None);
         assert!(r6.contains(a("2001:db8::1")));
         assert!(!r6.contains(a("198.18.0.1")));
+    }
+
+    #[test]
+    fn endpoint_map_finds_every_key_and_only_those() {
+        let mut m = EndpointMap::with_capacity(300);
+        let key = |i: u32| {
+            let addr = if i % 2 == 0 {
+                a(&format!("198.18.{}.{}", i / 256, i % 256))
+            } else {
+                a(&format!("2001:db8::{i:x}"))
+            };
+            (addr, (i % 7) as u16, if i % 3 == 0 { 6 } else { 17 })
+        };
+        for i in 0..300 {
+            let (addr, port, proto) = key(i);
+            m.insert(addr, port, proto, i);
+        }
+        for i in 0..300 {
+            let (addr, port, proto) = key(i);
+            assert_eq!(m.get(&addr, port, proto), Some(i));
+            assert_eq!(m.get(&addr, port + 7, proto), None);
+            assert_eq!(m.get(&addr, port, 1), None);
+        }
+        assert_eq!(m.get(&a("198.18.200.1"), 0, 6), None);
+        // A later insert of the same key wins, as with HashMap::insert.
+        let (addr, port, proto) = key(5);
+        m.insert(addr, port, proto, 99);
+        assert_eq!(m.get(&addr, port, proto), Some(99));
+        assert_eq!(EndpointMap::default().get(&addr, port, proto), None);
+    }
+
+    fn svc(id: u32, vip: &str, port: u16, backend: (u32, &str)) -> Service {
+        let b = Backend {
+            id: backend.0,
+            addr: a(backend.1),
+            port: 8080,
+            weight: 1,
+        };
+        let sched = crate::sched::SchedBackend::new(crate::sched::endpoint_key(b.addr, b.port), 1);
+        Service {
+            id,
+            name: format!("s{id}"),
+            vip: a(vip),
+            port,
+            proto: L4Proto::Tcp,
+            scheduler: SchedulerKind::Rr,
+            sched: SchedTable::build(
+                SchedulerKind::Rr,
+                &[sched],
+                &crate::sched::SchedOptions::default(),
+            )
+            .unwrap(),
+            backends: vec![b],
+        }
+    }
+
+    #[test]
+    fn service_lookups_by_endpoint_and_id() {
+        // Ids below and above the dense range, and a VIP without services.
+        let snap = ServiceSnapshot::new(
+            1,
+            vec![
+                svc(3, "198.18.10.10", 80, (0, "198.18.20.2")),
+                svc(100_000, "2001:db8:10::10", 443, (1, "2001:db8:20::2")),
+            ],
+            vec![Vip {
+                addr: "198.18.10.11".parse().unwrap(),
+                ifindexes: Vec::new(),
+            }],
+            Vec::new(),
+            vec![(
+                Backend {
+                    id: 7,
+                    addr: a("198.18.20.9"),
+                    port: 8080,
+                    weight: 0,
+                },
+                L4Proto::Tcp,
+            )],
+        );
+        let found = |vip: &str, port| snap.service_for(a(vip), port, L4Proto::Tcp).map(|s| s.id);
+        assert_eq!(found("198.18.10.10", 80), Some(3));
+        assert_eq!(found("2001:db8:10::10", 443), Some(100_000));
+        assert_eq!(found("198.18.10.10", 443), None);
+        assert_eq!(
+            snap.service_for(a("198.18.10.10"), 80, L4Proto::Udp)
+                .map(|s| s.id),
+            None
+        );
+        assert_eq!(snap.service_by_id(3).map(|s| s.id), Some(3));
+        assert_eq!(snap.service_by_id(100_000).map(|s| s.id), Some(100_000));
+        for missing in [0, 2, 4, 99_999, u32::MAX] {
+            assert!(snap.service_by_id(missing).is_none(), "{missing}");
+        }
+        for vip in ["198.18.10.10", "2001:db8:10::10", "198.18.10.11"] {
+            assert!(snap.is_vip(a(vip)), "{vip}");
+        }
+        assert!(!snap.is_vip(a("198.18.20.2")));
+        assert!(!snap.answers_on(a("198.18.10.11"), 1));
+        assert_eq!(
+            snap.backend_id(a("198.18.20.2"), 8080, L4Proto::Tcp),
+            Some(0)
+        );
+        assert_eq!(
+            snap.backend_id(a("198.18.20.9"), 8080, L4Proto::Tcp),
+            Some(7)
+        );
+        assert_eq!(snap.backend_id(a("198.18.20.2"), 8080, L4Proto::Udp), None);
+        assert_eq!(snap.backend(7).map(|b| b.weight), Some(0));
+        let empty = ServiceSnapshot::default();
+        assert!(!empty.is_vip(a("198.18.10.10")));
+        assert!(empty.service_by_id(0).is_none());
+    }
+
+    #[test]
+    fn every_next_hop_snapshot_has_its_own_stamp() {
+        let x = NextHopSnapshot::new(1, Vec::new(), [], []);
+        let y = NextHopSnapshot::new(1, Vec::new(), [], []);
+        assert_ne!(x.stamp(), y.stamp());
+        assert_ne!(x.stamp(), 0);
+        assert_eq!(NextHopSnapshot::default().stamp(), 0);
     }
 }
