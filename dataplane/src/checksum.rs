@@ -29,6 +29,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Ones'-complement sum of `data` as big-endian 16-bit words (an odd
 /// trailing byte is padded with a zero byte on the right), folded to 16
 /// bits. Not complemented: see [`checksum`].
+#[inline]
 pub fn sum(data: &[u8]) -> u16 {
     fold(accumulate(data))
 }
@@ -40,12 +41,14 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 /// Ones'-complement addition of partial sums (for example a pseudo-header
 /// sum and the sum of a segment).
+#[inline]
 pub fn combine(sums: &[u16]) -> u16 {
     fold(sums.iter().map(|&s| u64::from(s)).sum())
 }
 
 /// Sum of the IPv4 pseudo-header (RFC 768, RFC 793): source, destination,
 /// zero, protocol, and the upper-layer length.
+#[inline]
 pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u32) -> u16 {
     let acc = u64::from(u32::from(src))
         + u64::from(u32::from(dst))
@@ -125,9 +128,61 @@ pub fn udp_update_addr(csum: u16, old: &[u8], new: &[u8]) -> u16 {
     udp_finish(update_addr(csum, old, new))
 }
 
+/// What changing one covered 16-bit word from `old` to `new` adds to a
+/// sum (`~old + new`, unfolded). Deltas of several fields add up, so one
+/// [`update_by`] applies them all: the NAT path updates the L4 checksum
+/// for address and port, and the IPv4 header checksum for address and TTL,
+/// in one step each.
+#[inline]
+pub fn delta16(old: u16, new: u16) -> u64 {
+    u64::from(!old) + u64::from(new)
+}
+
+/// [`delta16`] for a 32-bit field aligned on a 16-bit boundary (an IPv4
+/// address); see [`update32`] for why the 32-bit complement is right.
+#[inline]
+pub fn delta32(old: u32, new: u32) -> u64 {
+    u64::from(!old) + u64::from(new)
+}
+
+/// [`delta16`] for a 16-byte field (an IPv6 address).
+#[inline]
+pub fn delta128(old: &[u8; 16], new: &[u8; 16]) -> u64 {
+    u64::from(!sum16(old)) + u64::from(sum16(new))
+}
+
+/// RFC 1624 equation 3 with a sum of deltas ([`delta16`], [`delta32`],
+/// [`delta128`]; fewer than 2^20 of them): the same value as applying each
+/// change with [`update16`] in turn, and as a full recomputation.
+#[inline]
+pub fn update_by(csum: u16, delta: u64) -> u16 {
+    !fold(u64::from(!csum) + delta)
+}
+
+/// [`update_by`] with the UDP rules of [`udp_update16`].
+#[inline]
+pub fn udp_update_by(csum: u16, delta: u64) -> u16 {
+    if csum == 0 {
+        return 0;
+    }
+    udp_finish(update_by(csum, delta))
+}
+
+/// [`sum`] of exactly 16 bytes (an IPv6 address), without a loop.
+#[inline]
+fn sum16(bytes: &[u8; 16]) -> u16 {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&bytes[..8]);
+    lo.copy_from_slice(&bytes[8..]);
+    let (s, carry) = u64::from_be_bytes(hi).overflowing_add(u64::from_be_bytes(lo));
+    fold(s + u64::from(carry))
+}
+
 /// Folds a wide accumulator to 16 bits with end-around carry. The result is
 /// 0 only when `acc` is 0; otherwise it lies in `1..=0xffff` and is
 /// congruent to `acc` modulo 0xffff.
+#[inline]
 fn fold(mut acc: u64) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
@@ -138,6 +193,7 @@ fn fold(mut acc: u64) -> u16 {
 /// Sums `data` into a 64-bit ones'-complement accumulator, eight bytes at a
 /// time with end-around carry. 2^64 - 1 is a multiple of 0xffff, so the
 /// folded result equals the 16-bit word sum.
+#[inline]
 fn accumulate(data: &[u8]) -> u64 {
     let mut acc: u64 = 0;
     let mut chunks = data.chunks_exact(8);
@@ -314,6 +370,38 @@ mod tests {
                 let o = u32::from_be_bytes([old[0], old[1], old[2], old[3]]);
                 let n = u32::from_be_bytes([new[0], new[1], new[2], new[3]]);
                 prop_assert_eq!(update32(before, o, n), after);
+            }
+        }
+
+        #[test]
+        fn fused_update_equals_recompute((mut data, csum_at, field_at) in packet_and_offset(), new in any::<[u8; 16]>(), port_at in 0usize..8, new_port in any::<u16>(), wide in any::<bool>(), udp in any::<bool>()) {
+            // An address at `field_at` and a port in the 16 bytes after it
+            // change together: one delta, one update.
+            let width = if wide { 16 } else { 4 };
+            let port_at = field_at + width + port_at * 2;
+            prop_assume!(port_at + 2 <= data.len() && csum_at + 2 <= data.len());
+            prop_assume!(csum_at + 2 <= field_at || port_at + 2 <= csum_at || (field_at + width <= csum_at && csum_at + 2 <= port_at));
+            let before = checksum_with_field_zeroed(&data, csum_at);
+            let old_port = u16::from_be_bytes([data[port_at], data[port_at + 1]]);
+            let mut delta = delta16(old_port, new_port);
+            if wide {
+                let mut old = [0u8; 16];
+                old.copy_from_slice(&data[field_at..field_at + 16]);
+                delta += delta128(&old, &new);
+            } else {
+                let o = u32::from_be_bytes([data[field_at], data[field_at + 1], data[field_at + 2], data[field_at + 3]]);
+                let n = u32::from_be_bytes([new[0], new[1], new[2], new[3]]);
+                delta += delta32(o, n);
+            }
+            data[field_at..field_at + width].copy_from_slice(&new[..width]);
+            data[port_at..port_at + 2].copy_from_slice(&new_port.to_be_bytes());
+            prop_assume!(!all_zero_except(&data, csum_at));
+            let after = checksum_with_field_zeroed(&data, csum_at);
+            if udp {
+                prop_assert_eq!(udp_update_by(udp_finish(before), delta), udp_finish(after));
+                prop_assert_eq!(udp_update_by(0, delta), 0);
+            } else {
+                prop_assert_eq!(update_by(before, delta), after);
             }
         }
 
