@@ -31,30 +31,36 @@ impl EthernetAddress {
 
     /// The address in the first six bytes of `bytes`, or `None` when
     /// there are fewer.
+    #[inline]
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let six: [u8; 6] = bytes.get(..6)?.try_into().ok()?;
         Some(EthernetAddress(six))
     }
 
+    #[inline]
     pub fn as_bytes(&self) -> &[u8; 6] {
         &self.0
     }
 
+    #[inline]
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST
     }
 
     /// Group bit set (broadcast included).
+    #[inline]
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 0x01 != 0
     }
 
+    #[inline]
     pub fn is_unicast(&self) -> bool {
         !self.is_multicast()
     }
 
     /// The MAC an IPv6 multicast group maps to: 33:33 and the group's low
     /// 32 bits (RFC 2464 section 7).
+    #[inline]
     pub fn from_ipv6_multicast(group: std::net::Ipv6Addr) -> Self {
         let o = group.octets();
         EthernetAddress([0x33, 0x33, o[12], o[13], o[14], o[15]])
@@ -120,12 +126,14 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Wraps `buffer` without checks (for emitting into a sized buffer).
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         EthernetFrame { buffer }
     }
 
     /// Wraps bytes from the network: the header, and the tag if the
     /// EtherType says one follows, must be present.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let frame = Self::new_unchecked(buffer);
         frame.check_len()?;
@@ -133,6 +141,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// Checks that accessors cannot panic.
+    #[inline]
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -144,42 +153,50 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         Ok(())
     }
 
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
+    #[inline]
     pub fn dst_addr(&self) -> EthernetAddress {
         let b = self.buffer.as_ref();
         EthernetAddress([b[0], b[1], b[2], b[3], b[4], b[5]])
     }
 
+    #[inline]
     pub fn src_addr(&self) -> EthernetAddress {
         let b = self.buffer.as_ref();
         EthernetAddress([b[6], b[7], b[8], b[9], b[10], b[11]])
     }
 
     /// Whether an 802.1Q tag follows the addresses.
+    #[inline]
     pub fn has_vlan(&self) -> bool {
         read_u16(self.buffer.as_ref(), field::ETHERTYPE) == u16::from(EtherType::Vlan)
     }
 
     /// The tag control information (PCP, DEI, VID) if tagged.
+    #[inline]
     pub fn vlan_tci(&self) -> Option<u16> {
         self.has_vlan()
             .then(|| read_u16(self.buffer.as_ref(), field::TCI))
     }
 
     /// The 12-bit VLAN ID if tagged.
+    #[inline]
     pub fn vlan_id(&self) -> Option<u16> {
         self.vlan_tci().map(|tci| tci & 0x0fff)
     }
 
     /// The EtherType of the payload: the one after the tag when tagged.
+    #[inline]
     pub fn ethertype(&self) -> EtherType {
         EtherType::from(self.ethertype_raw())
     }
 
     /// [`Self::ethertype`] as the raw value, for a fast compare.
+    #[inline]
     pub fn ethertype_raw(&self) -> u16 {
         let at = if self.has_vlan() {
             field::INNER_ETHERTYPE
@@ -190,6 +207,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// Offset of the L3 header: 14, or 18 when tagged.
+    #[inline]
     pub fn header_len(&self) -> usize {
         if self.has_vlan() {
             VLAN_HEADER_LEN
@@ -200,32 +218,38 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
     /// The L3 bytes (may include Ethernet padding: L3 views bound
     /// themselves by their length fields).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    #[inline]
     pub fn set_dst_addr(&mut self, addr: EthernetAddress) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&addr.0);
     }
 
+    #[inline]
     pub fn set_src_addr(&mut self, addr: EthernetAddress) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&addr.0);
     }
 
     /// Sets the EtherType of an untagged frame (raw, for emitting).
+    #[inline]
     pub fn set_ethertype(&mut self, ethertype: EtherType) {
         write_u16(self.buffer.as_mut(), field::ETHERTYPE, ethertype.into());
     }
 
     /// Swaps source and destination addresses (to answer in place).
+    #[inline]
     pub fn swap_addrs(&mut self) {
         let (dst, src) = (self.dst_addr(), self.src_addr());
         self.set_dst_addr(src);
         self.set_src_addr(dst);
     }
 
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let at = self.header_len();
         &mut self.buffer.as_mut()[at..]
@@ -251,6 +275,7 @@ impl EthernetRepr {
     }
 
     /// Bytes [`Self::emit`] writes.
+    #[inline]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

@@ -39,6 +39,7 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         Ipv4Packet { buffer }
     }
@@ -48,12 +49,14 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// ([`Error::Malformed`]), and a buffer shorter than the header or the
     /// total length ([`Error::Truncated`]). The checksum is not verified
     /// here: see [`Self::verify_checksum`].
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let packet = Self::new_unchecked(buffer);
         packet.check_len()?;
         Ok(packet)
     }
 
+    #[inline]
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -73,101 +76,130 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ok(())
     }
 
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// The whole buffer, padding included.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         self.buffer.as_ref()
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
 
     /// Header length in bytes (IHL * 4).
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
     /// Whether the header carries options (IHL > 5).
+    #[inline]
     pub fn has_options(&self) -> bool {
         self.header_len() > HEADER_LEN
     }
 
     /// The option bytes (empty without options).
+    #[inline]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
     }
 
     /// The whole TOS byte (DSCP and ECN).
+    #[inline]
     pub fn tos(&self) -> u8 {
         self.buffer.as_ref()[field::TOS]
     }
 
+    #[inline]
     pub fn total_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    #[inline]
     pub fn ident(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::IDENT)
     }
 
+    #[inline]
     pub fn dont_frag(&self) -> bool {
         self.flags_and_offset() & FLAG_DF != 0
     }
 
+    #[inline]
     pub fn more_frags(&self) -> bool {
         self.flags_and_offset() & FLAG_MF != 0
     }
 
     /// Fragment offset in bytes (the field times 8).
+    #[inline]
     pub fn frag_offset(&self) -> u16 {
         (self.flags_and_offset() & OFFSET_MASK) << 3
     }
 
     /// Part of a fragmented datagram: MF set or a non-zero offset.
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         self.flags_and_offset() & (FLAG_MF | OFFSET_MASK) != 0
     }
 
     /// Offset zero: the L4 header is here (fragmented or not).
+    #[inline]
     pub fn is_first_fragment(&self) -> bool {
         self.flags_and_offset() & OFFSET_MASK == 0
     }
 
+    #[inline]
     fn flags_and_offset(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::FLG_OFF)
     }
 
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
+    #[inline]
     pub fn protocol(&self) -> IpProtocol {
         IpProtocol::from(self.protocol_raw())
     }
 
     /// [`Self::protocol`] as the raw number.
+    #[inline]
     pub fn protocol_raw(&self) -> u8 {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
+    #[inline]
     pub fn header_checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     /// Whether the header checksum is right.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
-        checksum::sum(&self.buffer.as_ref()[..self.header_len()]) == 0xffff
+        let b = self.buffer.as_ref();
+        let len = self.header_len();
+        // The common header without options, summed at a fixed length
+        // (unrolled, no loop).
+        if let (HEADER_LEN, Some(header)) = (len, b.get(..HEADER_LEN)) {
+            return checksum::sum(header) == 0xffff;
+        }
+        checksum::sum(&b[..len]) == 0xffff
     }
 
+    #[inline]
     pub fn src_addr(&self) -> Ipv4Addr {
         let b = self.buffer.as_ref();
         Ipv4Addr::new(b[12], b[13], b[14], b[15])
     }
 
+    #[inline]
     pub fn dst_addr(&self) -> Ipv4Addr {
         let b = self.buffer.as_ref();
         Ipv4Addr::new(b[16], b[17], b[18], b[19])
@@ -175,6 +207,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The L4 bytes: from the header end to `total_len`, bounded by the
     /// buffer (so it never panics, even on an unchecked view of a header).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         let b = self.buffer.as_ref();
         let end = usize::from(self.total_len()).min(b.len());
@@ -184,6 +217,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The pseudo-header sum for this packet's payload (RFC 768/793),
     /// with the payload length `len`.
+    #[inline]
     pub fn pseudo_header_sum(&self, len: usize) -> u16 {
         checksum::pseudo_header_v4(
             self.src_addr(),
@@ -198,6 +232,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Rewrites the source address and updates the header checksum
     /// incrementally. The L4 checksum is the caller's (see
     /// `TcpPacket::adjust_checksum_for_address`).
+    #[inline]
     pub fn set_src_addr(&mut self, addr: Ipv4Addr) {
         let old = u32::from(self.src_addr());
         self.buffer.as_mut()[field::SRC].copy_from_slice(&addr.octets());
@@ -205,6 +240,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// Rewrites the destination address; like [`Self::set_src_addr`].
+    #[inline]
     pub fn set_dst_addr(&mut self, addr: Ipv4Addr) {
         let old = u32::from(self.dst_addr());
         self.buffer.as_mut()[field::DST].copy_from_slice(&addr.octets());
@@ -212,6 +248,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// Sets the TTL and updates the header checksum incrementally.
+    #[inline]
     pub fn set_ttl(&mut self, ttl: u8) {
         let old = read_u16(self.buffer.as_ref(), field::TTL);
         self.buffer.as_mut()[field::TTL] = ttl;
@@ -222,6 +259,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// Swaps source and destination; the checksum stays valid (the sum
     /// does not depend on word order).
+    #[inline]
     pub fn swap_addrs(&mut self) {
         let b = self.buffer.as_mut();
         for i in 0..4 {
@@ -229,32 +267,38 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         }
     }
 
+    #[inline]
     fn update_checksum32(&mut self, old: u32, new: u32) {
         let csum = checksum::update32(self.header_checksum(), old, new);
         self.set_header_checksum(csum);
     }
 
     /// Raw: version 4 and the header length in bytes (a multiple of 4).
+    #[inline]
     pub fn set_header_len(&mut self, len: usize) {
         self.buffer.as_mut()[field::VER_IHL] = 0x40 | ((len / 4) as u8 & 0x0f);
     }
 
     /// Raw setter (no checksum update).
+    #[inline]
     pub fn set_tos(&mut self, tos: u8) {
         self.buffer.as_mut()[field::TOS] = tos;
     }
 
     /// Raw setter (no checksum update).
+    #[inline]
     pub fn set_total_len(&mut self, len: u16) {
         write_u16(self.buffer.as_mut(), field::LENGTH, len);
     }
 
     /// Raw setter (no checksum update).
+    #[inline]
     pub fn set_ident(&mut self, ident: u16) {
         write_u16(self.buffer.as_mut(), field::IDENT, ident);
     }
 
     /// Raw: DF, MF and the offset in bytes (a multiple of 8).
+    #[inline]
     pub fn set_flags_and_offset(&mut self, dont_frag: bool, more_frags: bool, offset: u16) {
         let mut value = (offset >> 3) & OFFSET_MASK;
         if dont_frag {
@@ -267,10 +311,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// Raw setter (no checksum update).
+    #[inline]
     pub fn set_protocol(&mut self, protocol: IpProtocol) {
         self.buffer.as_mut()[field::PROTOCOL] = protocol.into();
     }
 
+    #[inline]
     pub fn set_header_checksum(&mut self, csum: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, csum);
     }
@@ -284,6 +330,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// The L4 bytes, bounded like [`Self::payload`].
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let len = self.buffer.as_ref().len();
         let end = usize::from(self.total_len()).min(len);
@@ -322,6 +369,7 @@ impl Ipv4Repr {
         }
     }
 
+    #[inline]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

@@ -35,6 +35,7 @@ pub struct Ipv6Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         Ipv6Packet { buffer }
     }
@@ -44,12 +45,14 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// payload length ([`Error::Truncated`]). Jumbograms (payload length 0
     /// with a Jumbo Payload option) are not supported: their payload reads
     /// as empty.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let packet = Self::new_unchecked(buffer);
         packet.check_len()?;
         Ok(packet)
     }
 
+    #[inline]
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -64,50 +67,61 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         Ok(())
     }
 
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// The whole buffer, padding included.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         self.buffer.as_ref()
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_TC_FLOW] >> 4
     }
 
+    #[inline]
     pub fn traffic_class(&self) -> u8 {
         (read_u16(self.buffer.as_ref(), field::VER_TC_FLOW) >> 4) as u8
     }
 
+    #[inline]
     pub fn flow_label(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::VER_TC_FLOW) & 0x000f_ffff
     }
 
+    #[inline]
     pub fn payload_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::PAYLOAD_LEN)
     }
 
     /// Header plus payload length.
+    #[inline]
     pub fn total_len(&self) -> usize {
         HEADER_LEN + usize::from(self.payload_len())
     }
 
     /// The fixed header's next header (the first extension header, or the
     /// upper layer). See [`Self::chain`] for the upper layer.
+    #[inline]
     pub fn next_header(&self) -> IpProtocol {
         IpProtocol::from(self.buffer.as_ref()[field::NEXT_HEADER])
     }
 
+    #[inline]
     pub fn hop_limit(&self) -> u8 {
         self.buffer.as_ref()[field::HOP_LIMIT]
     }
 
+    #[inline]
     pub fn src_addr(&self) -> Ipv6Addr {
         Ipv6Addr::from(self.addr(field::SRC.start))
     }
 
+    #[inline]
     pub fn dst_addr(&self) -> Ipv6Addr {
         Ipv6Addr::from(self.addr(field::DST.start))
     }
@@ -120,6 +134,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// Everything after the fixed header up to `payload_len`, bounded by
     /// the buffer.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         let b = self.buffer.as_ref();
         let end = self.total_len().min(b.len());
@@ -136,6 +151,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// The upper-layer pseudo-header sum (RFC 8200 section 8.1) for
     /// `protocol` and an upper-layer length of `len`.
+    #[inline]
     pub fn pseudo_header_sum(&self, protocol: IpProtocol, len: usize) -> u16 {
         checksum::pseudo_header_v6(
             self.src_addr(),
@@ -149,20 +165,24 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     /// Rewrites the source address. IPv6 has no header checksum; the L4
     /// checksum is the caller's (`TcpPacket::adjust_checksum_for_address`).
+    #[inline]
     pub fn set_src_addr(&mut self, addr: Ipv6Addr) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&addr.octets());
     }
 
     /// Rewrites the destination address; like [`Self::set_src_addr`].
+    #[inline]
     pub fn set_dst_addr(&mut self, addr: Ipv6Addr) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&addr.octets());
     }
 
+    #[inline]
     pub fn set_hop_limit(&mut self, hop_limit: u8) {
         self.buffer.as_mut()[field::HOP_LIMIT] = hop_limit;
     }
 
     /// Swaps source and destination (pseudo-header sums are unchanged).
+    #[inline]
     pub fn swap_addrs(&mut self) {
         let b = self.buffer.as_mut();
         for i in 0..16 {
@@ -171,21 +191,25 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     }
 
     /// Version 6, traffic class and flow label.
+    #[inline]
     pub fn set_version_class_flow(&mut self, traffic_class: u8, flow_label: u32) {
         let word = (6 << 28) | (u32::from(traffic_class) << 20) | (flow_label & 0x000f_ffff);
         self.buffer.as_mut()[..4].copy_from_slice(&word.to_be_bytes());
     }
 
+    #[inline]
     pub fn set_payload_len(&mut self, len: u16) {
         write_u16(self.buffer.as_mut(), field::PAYLOAD_LEN, len);
     }
 
+    #[inline]
     pub fn set_next_header(&mut self, next_header: IpProtocol) {
         self.buffer.as_mut()[field::NEXT_HEADER] = next_header.into();
     }
 
     /// Everything after the fixed header up to `payload_len`, bounded by
     /// the buffer.
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = self.total_len().min(self.buffer.as_ref().len());
         &mut self.buffer.as_mut()[HEADER_LEN.min(end)..end]
@@ -211,6 +235,7 @@ pub struct Ipv6Chain {
 impl Ipv6Chain {
     /// Part of a fragmented packet (a fragment header with offset != 0 or M
     /// set; an "atomic fragment", offset 0 and M clear, is not).
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         self.fragment
             .is_some_and(|f| f.offset != 0 || f.more_fragments)
@@ -218,6 +243,7 @@ impl Ipv6Chain {
 
     /// Whether the bytes at `upper_offset` are the upper-layer header
     /// (not a non-first fragment).
+    #[inline]
     pub fn has_upper_header(&self) -> bool {
         self.fragment.is_none_or(|f| f.offset == 0)
     }
@@ -316,6 +342,7 @@ impl Ipv6Repr {
         }
     }
 
+    #[inline]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
