@@ -81,6 +81,9 @@ const BUILT_SLOTS: usize = 128;
 const MAX_MISSES: usize = 32;
 /// TTL of packets the gateway originates (echo replies, ICMP errors).
 const ORIGIN_TTL: u8 = 64;
+/// Entries of the per-worker next-hop cache for reply destinations
+/// (direct-mapped by address).
+const HOP_CACHE: usize = 256;
 
 /// How a worker's pipeline is built.
 #[derive(Debug, Clone, Copy)]
@@ -118,8 +121,36 @@ pub struct Pipeline {
     /// Fingerprint of the VIP set last announced (GARP / unsolicited NA).
     announced: Option<u64>,
     /// Next hop of each backend id, valid for one next-hop snapshot
-    /// generation: saves the route scan and neighbour lookup per packet.
+    /// (keyed by its stamp): saves the route scan and neighbour lookup per
+    /// packet.
     backend_hops: Vec<Option<(u64, NextHop)>>,
+    /// Next hops of recent reply destinations (clients), the same way:
+    /// with a gateway route every client shares one hop, and on a
+    /// connected route a busy client's hop stays cached.
+    client_hops: Box<[CachedHop]>,
+}
+
+/// One entry of [`Pipeline::client_hops`]: `hop` is what the next-hop
+/// snapshot with stamp `stamp` resolves `dst` to.
+#[derive(Debug, Clone, Copy)]
+struct CachedHop {
+    stamp: u64,
+    dst: Addr16,
+    hop: NextHop,
+}
+
+impl CachedHop {
+    /// Matches no snapshot: stamps count up from 1 (0 is the empty
+    /// default, which resolves nothing, so it is never cached either).
+    const EMPTY: CachedHop = CachedHop {
+        stamp: u64::MAX,
+        dst: Addr16([0; 16]),
+        hop: NextHop {
+            ifindex: 0,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+        },
+    };
 }
 
 /// The outcome of one frame, before it becomes a [`Verdict`] and counters.
@@ -188,6 +219,7 @@ impl Pipeline {
             misses: Vec::with_capacity(MAX_MISSES),
             announced: None,
             backend_hops: Vec::new(),
+            client_hops: vec![CachedHop::EMPTY; HOP_CACHE].into_boxed_slice(),
         })
     }
 
@@ -289,8 +321,9 @@ impl Pipeline {
             return false;
         }
         self.announced = Some(fingerprint);
+        let before = self.built.frames.len();
         self.announce(svc);
-        true
+        self.built.frames.len() > before
     }
 
     /// Queues gratuitous ARP / unsolicited NA for every VIP (used at start
@@ -622,8 +655,14 @@ impl Pipeline {
             Ok(hop) => hop,
             Err(reason) => return Drop(reason),
         };
-        rewrite_dst(frame, ip, l4.proto, backend.addr, backend.port);
-        finish(frame, ip, l4.proto, meta.csum_not_ready, hop);
+        let to = Endpoint {
+            addr: backend.addr,
+            port: backend.port,
+        };
+        nat(frame, ip, l4.proto, Side::Dst, to, hop);
+        if meta.csum_not_ready {
+            fill_l4_checksum(frame, ip, l4.proto);
+        }
         Action::Forward {
             ifindex: hop.ifindex,
             len: ip.end,
@@ -747,12 +786,18 @@ impl Pipeline {
         }
         let flags = TcpFlags::from_bits(l4.flags);
         self.conns.on_packet(found.id, Direction::Reply, flags, now);
-        let hop = match self.next_hop(nh, ip.dst) {
+        let hop = match self.client_hop(nh, ip.dst) {
             Ok(hop) => hop,
             Err(reason) => return Drop(reason),
         };
-        rewrite_src(frame, ip, l4.proto, service.vip, service.port);
-        finish(frame, ip, l4.proto, meta.csum_not_ready, hop);
+        let to = Endpoint {
+            addr: service.vip,
+            port: service.port,
+        };
+        nat(frame, ip, l4.proto, Side::Src, to, hop);
+        if meta.csum_not_ready {
+            fill_l4_checksum(frame, ip, l4.proto);
+        }
         Action::Reply {
             ifindex: hop.ifindex,
             len: ip.end,
@@ -998,8 +1043,8 @@ impl Pipeline {
         backend: &Backend,
     ) -> Result<NextHop, DropReason> {
         let i = backend.id as usize;
-        if let Some(Some((generation, hop))) = self.backend_hops.get(i) {
-            if *generation == nh.generation {
+        if let Some(Some((stamp, hop))) = self.backend_hops.get(i) {
+            if *stamp == nh.stamp() {
                 return Ok(*hop);
             }
         }
@@ -1009,8 +1054,26 @@ impl Pipeline {
                 // Grows once per new backend id, not per packet.
                 self.backend_hops.resize(i + 1, None);
             }
-            self.backend_hops[i] = Some((nh.generation, hop));
+            self.backend_hops[i] = Some((nh.stamp(), hop));
         }
+        Ok(hop)
+    }
+
+    /// The next hop of a reply's destination, from [`Pipeline::client_hops`]
+    /// when it was filled from this next-hop snapshot.
+    #[inline]
+    fn client_hop(&mut self, nh: &NextHopSnapshot, dst: Addr16) -> Result<NextHop, DropReason> {
+        let slot = hop_slot(&dst);
+        let cached = self.client_hops[slot];
+        if cached.stamp == nh.stamp() && cached.dst == dst {
+            return Ok(cached.hop);
+        }
+        let hop = self.next_hop(nh, dst)?;
+        self.client_hops[slot] = CachedHop {
+            stamp: nh.stamp(),
+            dst,
+            hop,
+        };
         Ok(hop)
     }
 
@@ -1027,6 +1090,17 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The [`Pipeline::client_hops`] slot of `dst`: a multiplicative hash of
+/// the low 8 bytes (all of an IPv4 address, the interface id of an IPv6
+/// one).
+#[inline]
+fn hop_slot(dst: &Addr16) -> usize {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&dst.0[8..]);
+    let h = u64::from_le_bytes(low).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 56) as usize % HOP_CACHE
 }
 
 /// Whether a packet not addressed to a VIP can still be dataplane traffic:
@@ -1125,33 +1199,8 @@ fn pseudo_l4(frame: &[u8], ip: Ip, proto: L4Proto) -> u16 {
     }
 }
 
-/// Adjusts the L4 checksum at `l4` for a 16-bit word change (port) or an
-/// address change in the pseudo-header, with UDP's zero rule.
-fn adjust_l4(frame: &mut [u8], l4: usize, proto: L4Proto, old: &[u8], new: &[u8]) {
-    let at = l4 + l4_checksum_at(proto);
-    let csum = u16::from_be_bytes([frame[at], frame[at + 1]]);
-    let csum = match proto {
-        L4Proto::Tcp => checksum::update_addr(csum, old, new),
-        L4Proto::Udp => checksum::udp_update_addr(csum, old, new),
-    };
-    frame[at..at + 2].copy_from_slice(&csum.to_be_bytes());
-}
-
-fn set_port(frame: &mut [u8], l4: usize, proto: L4Proto, at: usize, port: u16) {
-    let old = [frame[l4 + at], frame[l4 + at + 1]];
-    let new = port.to_be_bytes();
-    frame[l4 + at..l4 + at + 2].copy_from_slice(&new);
-    adjust_l4(frame, l4, proto, &old, &new);
-}
-
-/// The address as its family writes it: 4 bytes (the tail of the
-/// v4-mapped form) or 16.
-fn addr_slice(a: &Addr16, v4: bool) -> &[u8] {
-    &a.0[if v4 { 12 } else { 0 }..]
-}
-
-/// Rewrites the IP destination, updating the IPv4 header checksum; the
-/// caller updates the L4 checksum.
+/// Rewrites the IP destination, updating the IPv4 header checksum (for
+/// the ICMP translations, which recompute their own checksum).
 fn set_ip_dst(frame: &mut [u8], ip: Ip, to: Addr16) {
     match to.to_ip() {
         IpAddr::V4(a) => Ipv4Packet::new_unchecked(&mut frame[ip.l3..ip.end]).set_dst_addr(a),
@@ -1166,42 +1215,95 @@ fn set_ip_src(frame: &mut [u8], ip: Ip, to: Addr16) {
     }
 }
 
-/// Forward NAT: destination address and port become the backend's.
-fn rewrite_dst(frame: &mut [u8], ip: Ip, proto: L4Proto, addr: Addr16, port: u16) {
-    set_ip_dst(frame, ip, addr);
-    let (old, new) = (addr_slice(&ip.dst, ip.v4), addr_slice(&addr, ip.v4));
-    adjust_l4(frame, ip.l4, proto, old, new);
-    set_port(frame, ip.l4, proto, 2, port);
+/// Which endpoint of a packet NAT replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Forward NAT: the destination (VIP:port) becomes the backend's.
+    Dst,
+    /// Reverse NAT: the source (backend) becomes the VIP:port.
+    Src,
 }
 
-/// Reverse NAT: source address and port become the VIP's.
-fn rewrite_src(frame: &mut [u8], ip: Ip, proto: L4Proto, addr: Addr16, port: u16) {
-    set_ip_src(frame, ip, addr);
-    let (old, new) = (addr_slice(&ip.src, ip.v4), addr_slice(&addr, ip.v4));
-    adjust_l4(frame, ip.l4, proto, old, new);
-    set_port(frame, ip.l4, proto, 0, port);
+/// An address and port a NAT rewrite writes.
+#[derive(Debug, Clone, Copy)]
+struct Endpoint {
+    addr: Addr16,
+    port: u16,
 }
 
-/// Decrements the TTL, sets the MACs of the next hop and, for frames whose
-/// checksum the kernel left to the NIC, computes the L4 checksum in full.
-fn finish(frame: &mut [u8], ip: Ip, proto: L4Proto, csum_not_ready: bool, hop: NextHop) {
-    decrement_ttl(frame, ip);
-    set_macs(frame, hop);
-    if csum_not_ready {
-        let at = ip.l4 + l4_checksum_at(proto);
-        frame[at..at + 2].copy_from_slice(&[0, 0]);
-        let pseudo = pseudo_l4(frame, ip, proto);
-        let sum = checksum::sum(&frame[ip.l4..ip.end]);
-        let mut csum = !checksum::combine(&[pseudo, sum]);
-        if proto == L4Proto::Udp {
-            csum = checksum::udp_finish(csum);
-        }
+/// The whole rewrite of a NATed TCP/UDP packet, in place: the `side`
+/// address and port become `to`, the TTL or hop limit drops by one, the
+/// MACs become the next hop's. The L4 checksum gets one incremental update
+/// for address and port together, the IPv4 header checksum one for address
+/// and TTL together (RFC 1624; the same values as updating field by
+/// field). The caller has checked `ip.ttl > 1` and that the L4 header is
+/// in the frame (`parse_l4`).
+#[inline]
+fn nat(frame: &mut [u8], ip: Ip, proto: L4Proto, side: Side, to: Endpoint, hop: NextHop) {
+    let (old, port_at) = match side {
+        Side::Dst => (ip.dst, ip.l4 + 2),
+        Side::Src => (ip.src, ip.l4),
+    };
+    let old_port = u16::from_be_bytes([frame[port_at], frame[port_at + 1]]);
+    frame[port_at..port_at + 2].copy_from_slice(&to.port.to_be_bytes());
+    let ttl = ip.ttl.saturating_sub(1);
+    let addr_delta = if ip.v4 {
+        let at = ip.l3 + if side == Side::Dst { 16 } else { 12 };
+        frame[at..at + 4].copy_from_slice(&to.addr.0[12..]);
+        let delta = checksum::delta32(v4_word(&old), v4_word(&to.addr));
+        // TTL shares its 16-bit word with the protocol number.
+        let proto_byte = u16::from(frame[ip.l3 + 9]);
+        let ttl_delta = checksum::delta16(
+            u16::from(ip.ttl) << 8 | proto_byte,
+            u16::from(ttl) << 8 | proto_byte,
+        );
+        frame[ip.l3 + 8] = ttl;
+        let at = ip.l3 + 10;
+        let csum = u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let csum = checksum::update_by(csum, delta + ttl_delta);
         frame[at..at + 2].copy_from_slice(&csum.to_be_bytes());
-    }
+        delta
+    } else {
+        let at = ip.l3 + if side == Side::Dst { 24 } else { 8 };
+        frame[at..at + 16].copy_from_slice(&to.addr.0);
+        frame[ip.l3 + 7] = ttl;
+        checksum::delta128(&old.0, &to.addr.0)
+    };
+    let delta = addr_delta + checksum::delta16(old_port, to.port);
+    let at = ip.l4 + l4_checksum_at(proto);
+    let csum = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let csum = match proto {
+        L4Proto::Tcp => checksum::update_by(csum, delta),
+        L4Proto::Udp => checksum::udp_update_by(csum, delta),
+    };
+    frame[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    frame[0..6].copy_from_slice(&hop.dst_mac);
+    frame[6..12].copy_from_slice(&hop.src_mac);
 }
 
-/// [`finish`] for a translated ICMP error: the ICMP checksum is computed
-/// in full (errors are rare, and the quote changed in several places).
+/// The IPv4 address of a v4-mapped [`Addr16`] as a number.
+#[inline]
+fn v4_word(a: &Addr16) -> u32 {
+    u32::from_be_bytes([a.0[12], a.0[13], a.0[14], a.0[15]])
+}
+
+/// Computes the L4 checksum in full, for a frame whose checksum the kernel
+/// left to the NIC (`csum_not_ready`), after the rewrite.
+fn fill_l4_checksum(frame: &mut [u8], ip: Ip, proto: L4Proto) {
+    let at = ip.l4 + l4_checksum_at(proto);
+    frame[at..at + 2].copy_from_slice(&[0, 0]);
+    let pseudo = pseudo_l4(frame, ip, proto);
+    let sum = checksum::sum(&frame[ip.l4..ip.end]);
+    let mut csum = !checksum::combine(&[pseudo, sum]);
+    if proto == L4Proto::Udp {
+        csum = checksum::udp_finish(csum);
+    }
+    frame[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// The end of a translated ICMP error's rewrite: TTL and MACs; the ICMP
+/// checksum is computed in full (errors are rare, and the quote changed in
+/// several places).
 fn finish_icmp(frame: &mut [u8], ip: Ip, hop: NextHop) {
     decrement_ttl(frame, ip);
     set_macs(frame, hop);

@@ -69,6 +69,13 @@ fn service(
 }
 
 fn services() -> ServiceSnapshot {
+    services_answered_on(&[CLIENT_IF])
+}
+
+/// The test services, with both VIPs answered (ARP, ND, echo) on `links`.
+/// No links is what a VRRP backup publishes: forward the VIPs' traffic
+/// (ECMP may still send some here) but answer nothing for them.
+fn services_answered_on(links: &[u32]) -> ServiceSnapshot {
     let services = vec![
         service(
             1,
@@ -104,11 +111,11 @@ fn services() -> ServiceSnapshot {
     let vips = vec![
         Vip {
             addr: ip(VIP4),
-            ifindexes: vec![CLIENT_IF],
+            ifindexes: links.to_vec(),
         },
         Vip {
             addr: ip(VIP6),
-            ifindexes: vec![CLIENT_IF],
+            ifindexes: links.to_vec(),
         },
     ];
     let interfaces = vec![
@@ -664,14 +671,7 @@ fn ttl_one_gets_time_exceeded_from_the_vip() {
 #[test]
 fn arp_for_a_vip_is_answered_and_other_arp_is_not() {
     let mut b = Bench::new();
-    let arp = |target: [u8; 4]| {
-        let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];
-        p.extend_from_slice(&CLIENT_MAC);
-        p.extend_from_slice(&[198, 18, 0, 2]);
-        p.extend_from_slice(&[0; 6]);
-        p.extend_from_slice(&target);
-        eth([0xff; 6], CLIENT_MAC, 0x0806, &p)
-    };
+    let arp = arp_request;
     let (v, out) = b.run(CLIENT_IF, arp([198, 18, 10, 10]));
     assert_eq!(tx_on(v), CLIENT_IF);
     assert_eq!(&out[0..6], &CLIENT_MAC);
@@ -689,15 +689,8 @@ fn arp_for_a_vip_is_answered_and_other_arp_is_not() {
 #[test]
 fn echo_requests_to_a_vip_are_answered() {
     let mut b = Bench::new();
-    let mut icmp = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
-    let c = checksum::checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let f = eth(
-        GW_CLI_MAC,
-        CLIENT_MAC,
-        0x0800,
-        &ipv4_packet(CLIENT4, VIP4, 1, 64, &icmp),
-    );
+    let f = echo_request_v4();
+    let icmp = f[14 + 20..].to_vec();
     let (v, out) = b.run(CLIENT_IF, f);
     assert_eq!(tx_on(v), CLIENT_IF);
     let o = parse_out(&out);
@@ -723,10 +716,8 @@ fn echo_requests_to_a_vip_are_answered() {
     assert_eq!(b.count(Counter::EchoReplies), 2);
 }
 
-#[test]
-fn neighbour_solicitation_for_a_vip_is_answered() {
-    let mut b = Bench::new();
-    let target: Ipv6Addr = VIP6.parse().unwrap();
+/// A neighbour solicitation from the client for `target`.
+fn neighbour_solicit(target: Ipv6Addr) -> Vec<u8> {
     let mut ns = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
     ns.extend_from_slice(&target.octets());
     ns.extend_from_slice(&[1, 1]);
@@ -734,13 +725,42 @@ fn neighbour_solicitation_for_a_vip_is_answered() {
     let snm = "ff02::1:ff00:10";
     let c = !checksum::combine(&[pseudo(CLIENT6, snm, 58, ns.len()), checksum::sum(&ns)]);
     ns[2..4].copy_from_slice(&c.to_be_bytes());
-    let f = eth(
+    eth(
         [0x33, 0x33, 0xff, 0, 0, 0x10],
         CLIENT_MAC,
         0x86dd,
         &ipv6_packet(CLIENT6, snm, 58, 255, &ns),
-    );
-    assert_eq!(b.run(CLIENT_IF, f).0, Verdict::Drop);
+    )
+}
+
+/// An ARP request from the client for `target`.
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    p.extend_from_slice(&CLIENT_MAC);
+    p.extend_from_slice(&[198, 18, 0, 2]);
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&target);
+    eth([0xff; 6], CLIENT_MAC, 0x0806, &p)
+}
+
+/// An ICMP echo request from the client to the IPv4 VIP.
+fn echo_request_v4() -> Vec<u8> {
+    let mut icmp = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    eth(
+        GW_CLI_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4_packet(CLIENT4, VIP4, 1, 64, &icmp),
+    )
+}
+
+#[test]
+fn neighbour_solicitation_for_a_vip_is_answered() {
+    let mut b = Bench::new();
+    let target: Ipv6Addr = VIP6.parse().unwrap();
+    assert_eq!(b.run(CLIENT_IF, neighbour_solicit(target)).0, Verdict::Drop);
     let built = b.p.built_frames();
     assert_eq!(built.len(), 1);
     let o = parse_out(built[0].1);
@@ -750,6 +770,43 @@ fn neighbour_solicitation_for_a_vip_is_answered() {
     assert_eq!(&o.l4[8..24], &target.octets());
     assert_eq!(o.dst_mac, CLIENT_MAC);
     assert_eq!(b.count(Counter::NdAdverts), 1);
+}
+
+#[test]
+fn vips_answered_on_no_link_are_forwarded_but_not_answered() {
+    // A VRRP backup: the VIPs' services work, but ARP, ND, echo and
+    // announcements stay with the master.
+    let mut b = Bench::new();
+    b.svc = services_answered_on(&[]);
+    assert!(!b.p.announce_if_changed(&b.svc));
+    assert!(!b.p.has_built());
+    assert_eq!(
+        b.run(CLIENT_IF, arp_request([198, 18, 10, 10])).0,
+        Verdict::Drop
+    );
+    assert_eq!(b.count(Counter::ArpReplies), 0);
+    assert_eq!(b.count(Counter::KernelPassed), 1, "ARP left to the kernel");
+    let target: Ipv6Addr = VIP6.parse().unwrap();
+    assert_eq!(b.run(CLIENT_IF, neighbour_solicit(target)).0, Verdict::Drop);
+    assert!(!b.p.has_built());
+    assert_eq!(b.count(Counter::NdAdverts), 0);
+    assert_eq!(b.run(CLIENT_IF, echo_request_v4()).0, Verdict::Drop);
+    assert_eq!(b.count(Counter::EchoReplies), 0);
+    assert_eq!(
+        b.drops(DropReason::NoService),
+        1,
+        "echo to a VIP not answered here"
+    );
+    for (client, vip, backend) in [(CLIENT4, VIP4, BACKEND4), (CLIENT6, VIP6, BACKEND6)] {
+        let (v, out) = b.run(CLIENT_IF, tcp_frame(client, 40000, vip, 80, SYN, 64));
+        assert_eq!(tx_on(v), BACKEND_IF);
+        let o = parse_out(&out);
+        assert_eq!(o.dst, ip(backend));
+        let reply = from_backend(tcp_frame(backend, o.dport(), client, 40000, SYN_ACK, 64));
+        let (v, out) = b.run(BACKEND_IF, reply);
+        assert_eq!(tx_on(v), CLIENT_IF);
+        assert_eq!(parse_out(&out).src, ip(vip));
+    }
 }
 
 #[test]
@@ -1080,4 +1137,38 @@ fn backend_next_hop_cache_follows_new_snapshots() {
     );
     let (_, out) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 41000, VIP4, 80, ACK, 64));
     assert_eq!(parse_out(&out).dst_mac, moved);
+}
+
+#[test]
+fn client_next_hop_cache_follows_new_snapshots() {
+    let mut b = Bench::new();
+    let (_, out) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 41000, VIP4, 80, SYN, 64));
+    let bport = parse_out(&out).dport();
+    let reply = || from_backend(tcp_frame(BACKEND4, bport, CLIENT4, 41000, SYN_ACK, 64));
+    let (_, out) = b.run(BACKEND_IF, reply());
+    assert_eq!(parse_out(&out).dst_mac, CLIENT_MAC);
+    // The client's MAC changes. The new snapshot even keeps generation 1:
+    // the cache must not depend on the publisher counting generations.
+    let moved = [2, 0, 0, 0, 0, 0xc2];
+    let routes = b.nh.routes().to_vec();
+    b.nh = NextHopSnapshot::new(
+        1,
+        routes.clone(),
+        [
+            (BACKEND_IF, ip(BACKEND4), BACKEND_MAC),
+            (CLIENT_IF, ip(CLIENT4), moved),
+        ],
+        [(CLIENT_IF, GW_CLI_MAC), (BACKEND_IF, GW_SRV_MAC)],
+    );
+    let (_, out) = b.run(BACKEND_IF, reply());
+    assert_eq!(parse_out(&out).dst_mac, moved);
+    // And the neighbour is gone: a miss, reported, not a stale hit.
+    b.nh = NextHopSnapshot::new(
+        1,
+        routes,
+        [(BACKEND_IF, ip(BACKEND4), BACKEND_MAC)],
+        [(CLIENT_IF, GW_CLI_MAC), (BACKEND_IF, GW_SRV_MAC)],
+    );
+    assert_eq!(b.run(BACKEND_IF, reply()).0, Verdict::Drop);
+    assert_eq!(b.drops(DropReason::NeighbourMiss), 1);
 }
