@@ -455,7 +455,37 @@ fn memory() {
     drop(black_box(table));
 }
 
+/// `VIPGATE_BENCH_QUICK=<passes>`: only the established 4096-flow cases,
+/// minimum and median ns per packet over that many passes (process +
+/// copy). For comparing two builds on a noisy machine: the minimum moves
+/// least.
+fn quick(passes: usize) {
+    for (name, capacity) in [("2^13", 1 << 13), ("2^18", 1 << 18)] {
+        let mut s = established(SMALL_FLOWS, capacity);
+        let n = s.frames.len();
+        for _ in 0..10 {
+            s.pass(2000);
+        }
+        let mut samples: Vec<f64> = (0..passes.max(1))
+            .map(|_| time_per_packet(n, || s.pass(2000)))
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "quick established 4096 flows {name}: min {:.1} median {:.1} ns/packet",
+            samples[0],
+            samples[samples.len() / 2]
+        );
+    }
+}
+
 fn main() {
+    if let Some(passes) = std::env::var("VIPGATE_BENCH_QUICK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        quick(passes);
+        return;
+    }
     memory();
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
