@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 # What the tests run or look with: ip (iproute2), nft (nftables),
 # ethtool, curl, ping. Later work adds keepalived, bird2, frr, nginx.
-packages=(iproute2 nftables ethtool curl iputils-ping)
+packages=(iproute2 nftables ethtool curl iputils-ping keepalived tcpdump tshark)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

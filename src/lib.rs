@@ -17,3 +17,4 @@ pub mod netlink;
 pub mod netns;
 pub mod privileges;
 pub mod sys;
+pub mod vrrp;
