@@ -123,13 +123,16 @@ fn run<I: PacketIo>(
     let mut nexthops = tables.nexthops.reader();
     let epoch = Instant::now();
     let counters = pipeline.counters();
+    // The VIP set can only change with a new service snapshot.
+    let mut announced_generation = None;
     while !stop.load(Ordering::Relaxed) {
         let now = epoch.elapsed().as_millis() as u64;
         // Borrowed, not cloned: cloning the Arc would write its shared
         // reference count every batch.
         let svc = services.current();
         let nh = nexthops.current();
-        if announcer {
+        if announcer && announced_generation != Some(svc.generation) {
+            announced_generation = Some(svc.generation);
             pipeline.announce_if_changed(svc);
         }
         io.poll_batch(POLL_TIMEOUT, &mut |meta, frame| {

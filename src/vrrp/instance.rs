@@ -169,8 +169,9 @@ pub enum Action {
 /// A misconfiguration seen on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warning {
-    /// The advert's address list differs from ours (counted, not dropped,
-    /// as RFC 5798 section 6.4.3 allows and keepalived does).
+    /// The advert's address list differs from ours (dropped and counted,
+    /// as keepalived's vrrp_check_packet does; RFC 5798 section 6.4.3
+    /// leaves the check to the implementation).
     AddressListMismatch { from: IpAddr },
     /// The advert's interval differs from ours (v2: dropped, RFC 3768
     /// section 7.1; v3: the backup adopts the master's).
@@ -193,15 +194,18 @@ pub enum Drop {
     WrongVersion,
     /// Our own advert looped back.
     OwnAdvert,
+    /// The advert's addresses are not exactly ours.
+    AddressListMismatch,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 5] = [
+    pub const ALL: [Drop; 6] = [
         Drop::UnknownPeer,
         Drop::IntervalMismatch,
         Drop::AuthMismatch,
         Drop::WrongVersion,
         Drop::OwnAdvert,
+        Drop::AddressListMismatch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -211,6 +215,7 @@ impl Drop {
             Drop::AuthMismatch => "auth_mismatch",
             Drop::WrongVersion => "wrong_version",
             Drop::OwnAdvert => "own_advert",
+            Drop::AddressListMismatch => "address_list_mismatch",
         }
     }
 }
@@ -223,7 +228,8 @@ pub struct Counters {
     pub priority_zero_rx: u64,
     pub priority_zero_tx: u64,
     pub became_master: u64,
-    pub address_list_mismatch: u64,
+    /// v3 adverts whose interval differs from ours (accepted; a backup
+    /// adopts the master's).
     pub interval_mismatch: u64,
     /// Indexed by `Drop as usize`.
     pub dropped: [u64; Drop::ALL.len()],
@@ -424,15 +430,19 @@ impl Instance {
     pub fn handle_advert(&mut self, now: Instant, src: IpAddr, advert: &Advert) {
         if let Err(drop) = self.accept(src, advert) {
             self.counters.dropped[drop as usize] += 1;
-            if drop != Drop::OwnAdvert {
-                self.warn(
-                    now,
+            let warning = match drop {
+                Drop::OwnAdvert => None,
+                Drop::AddressListMismatch => Some((0, Warning::AddressListMismatch { from: src })),
+                _ => Some((
                     2,
                     Warning::Dropped {
                         from: src,
                         reason: drop,
                     },
-                );
+                )),
+            };
+            if let Some((kind, w)) = warning {
+                self.warn(now, kind, w);
             }
             return;
         }
@@ -540,11 +550,15 @@ impl Instance {
                 return Err(Drop::IntervalMismatch);
             }
         }
+        let same = advert.addrs.len() == self.cfg.vips.len()
+            && self.cfg.vips.iter().all(|a| advert.addrs.contains(a));
+        if !same {
+            return Err(Drop::AddressListMismatch);
+        }
         Ok(())
     }
 
     fn backup_rx(&mut self, now: Instant, src: IpAddr, advert: &Advert) {
-        self.check_addresses(now, src, advert);
         self.master_resigned = advert.priority == RESIGN_PRIORITY;
         if self.master_resigned {
             // RFC 5798 6.4.2: take over after the skew time.
@@ -570,7 +584,6 @@ impl Instance {
     }
 
     fn master_rx(&mut self, now: Instant, src: IpAddr, advert: &Advert) {
-        self.check_addresses(now, src, advert);
         if advert.priority == RESIGN_PRIORITY {
             // Another router resigned: make sure the backups hear a master.
             self.send_advert(self.effective_priority());
@@ -607,15 +620,6 @@ impl Instance {
         }
         if self.cfg.version == Version::V3 && advert.interval_cs > 0 {
             self.master_interval_cs = advert.interval_cs;
-        }
-    }
-
-    fn check_addresses(&mut self, now: Instant, src: IpAddr, advert: &Advert) {
-        let same = advert.addrs.len() == self.cfg.vips.len()
-            && self.cfg.vips.iter().all(|a| advert.addrs.contains(a));
-        if !same {
-            self.counters.address_list_mismatch += 1;
-            self.warn(now, 0, Warning::AddressListMismatch { from: src });
         }
     }
 
@@ -1048,7 +1052,8 @@ mod tests {
         for k in 0..5 {
             i.handle_advert(t0 + Duration::from_secs(k), ip(2), &other);
         }
-        assert_eq!(i.counters().address_list_mismatch, 5);
+        assert_eq!(i.counters().dropped[Drop::AddressListMismatch as usize], 5);
+        assert_eq!(i.counters().adverts_rx, 0);
         let warnings = actions(&mut i)
             .into_iter()
             .filter(|a| matches!(a, Action::Warn(Warning::AddressListMismatch { .. })))

@@ -40,6 +40,9 @@ use crate::sys::packet::PacketSender;
 const TICK: Duration = Duration::from_millis(10);
 /// Files and links are re-read at least this often.
 const RESCAN: Duration = Duration::from_secs(1);
+/// Status is rebuilt at most this often (it costs more than the protocol
+/// with hundreds of instances).
+const STATUS_EVERY: Duration = Duration::from_millis(200);
 /// Transitions kept for `status` and `vrrp events`.
 const EVENTS_KEPT: usize = 256;
 /// Notify hooks running at once; more are skipped with a warning.
@@ -360,6 +363,7 @@ pub fn spawn(plan: Plan, publish: Publish) -> Result<VrrpRuntime> {
         seq: 0,
         kernel_vips: Vec::new(),
         status_due: true,
+        status_urgent: true,
     };
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
@@ -440,6 +444,8 @@ struct Runner {
     /// Addresses added to links in kernel mode: (ifindex, addr).
     kernel_vips: Vec<(u32, IpAddr)>,
     status_due: bool,
+    /// A transition happened: publish without waiting for STATUS_EVERY.
+    status_urgent: bool,
 }
 
 #[derive(Debug, Default)]
@@ -461,6 +467,7 @@ impl Runner {
         self.node.start(now);
         self.carry_out(now);
         let mut rescan = now + RESCAN;
+        let mut status_at = now;
         let mut until: Option<Instant> = None;
         let mut buf = vec![0u8; 2048];
         loop {
@@ -508,8 +515,9 @@ impl Runner {
             self.node.handle_timeout(now);
             self.carry_out(now);
             self.reap_hooks();
-            if self.status_due {
+            if self.status_due && (now >= status_at || self.status_urgent) {
                 self.publish_status();
+                status_at = now + STATUS_EVERY;
             }
         }
         self.remove_kernel_vips();
@@ -670,6 +678,7 @@ impl Runner {
     }
 
     fn transitioned(&mut self, i: usize, t: Transition) {
+        self.status_urgent = true;
         let p = &self.plan.instances[i];
         info!(
             instance = %p.cfg.name,
@@ -847,6 +856,7 @@ impl Runner {
 
     fn publish_status(&mut self) {
         self.status_due = false;
+        self.status_urgent = false;
         let now = Instant::now();
         let instances: Vec<Value> = (0..self.node.len())
             .map(|i| self.instance_status(i, now))
@@ -909,7 +919,6 @@ impl Runner {
                 "priority_zero_rx": c.priority_zero_rx,
                 "priority_zero_tx": c.priority_zero_tx,
                 "became_master": c.became_master,
-                "address_list_mismatch": c.address_list_mismatch,
                 "interval_mismatch": c.interval_mismatch,
                 "dropped": dropped,
             },

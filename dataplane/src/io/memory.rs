@@ -215,14 +215,19 @@ impl MemIo {
 impl PacketIo for MemIo {
     fn poll_batch(
         &mut self,
-        _timeout: Duration,
+        timeout: Duration,
         handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict,
     ) -> io::Result<usize> {
         if self.replay.is_some() {
-            Ok(self.poll_replay(handler))
-        } else {
-            Ok(self.poll_queue(handler))
+            return Ok(self.poll_replay(handler));
         }
+        let n = self.poll_queue(handler);
+        if n == 0 && !timeout.is_zero() {
+            // Like a real poll with nothing arriving: wait rather than
+            // spin a core (a daemon with `io = "memory"` idles here).
+            std::thread::sleep(timeout);
+        }
+        Ok(n)
     }
 
     fn send(&mut self, frames: &[(u32, &[u8])]) -> io::Result<()> {
