@@ -281,6 +281,13 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        what: "vrrp: virtual_mac is refused until supported",
+        source: vrrp!("[[vrrp.instance]]\nname = \"vip1\"\ninterface = \"vg-cli\"\nvrid = 51\nvips = [\"198.18.10.10\"]\nvirtual_mac = true\n"),
+        expected: &[
+            "b.toml:23:15: vrrp.instance[0].virtual_mac: virtual_mac = true is not supported by this version of vipgate; remove it: the master answers with its link's own MAC and announces the move with gratuitous ARP / unsolicited NA (keepalived without use_vmac)",
+        ],
+    },
+    Case {
         what: "vrrp: unknown keys",
         source: vrrp!("advert_intreval = \"1s\"\n[[vrrp.instance]]\nname = \"vip1\"\ninterface = \"vg-cli\"\nvrid = 51\nvips = [\"198.18.10.10\"]\nprority = 150\nsync_group = \"g1\"\n[[vrrp.instance.track]]\ninterface = \"vg-srv\"\nwieght = -10\n"),
         expected: &[
@@ -483,7 +490,7 @@ priority = 150
 vips = ["198.18.10.10", "198.18.10.12"]
 unicast_source = "198.18.0.1"
 unicast_peers = ["198.18.0.3", "198.18.0.4"]
-virtual_mac = true
+virtual_mac = false
 
   [[vrrp.instance.track]]
   interface = "vg-srv"
@@ -578,7 +585,7 @@ fn a_full_vrrp_section_parses_into_the_model() {
         unicast_source: Some(ips(&["198.18.0.1"])[0]),
         unicast_peers: ips(&["198.18.0.3", "198.18.0.4"]),
         auth_pass: None,
-        virtual_mac: true,
+        virtual_mac: false,
         garp: GarpConfig {
             repeat: 3,
             delay: Duration::ZERO,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
@@ -105,13 +105,7 @@ pub fn plan(config: &Config, links: &[Link], addrs: &[Addr]) -> Result<Plan> {
                     c.interface
                 )
             })?;
-        if c.virtual_mac {
-            bail!(
-                "vrrp instance {:?}: virtual_mac = true is not supported by this version of vipgate; \
-                 remove it (the node's own MAC is used, as keepalived does without use_vmac)",
-                c.name
-            );
-        }
+        // `vipgate check` refuses virtual_mac = true (not supported yet).
         let v6 = c.is_v6();
         let primary = match c.unicast_source {
             Some(a) => a,
