@@ -22,6 +22,7 @@
 //! deletes the namespaces. `lab run` does up, the scenario, and down, on
 //! every path.
 
+mod failover;
 mod scenario;
 pub mod serve;
 
@@ -93,6 +94,9 @@ pub enum LabCommand {
     Serve {
         #[arg(long, value_delimiter = ',', default_values_t = BACKEND_PORTS)]
         ports: Vec<u16>,
+        /// Bind to these addresses instead of `[::]`.
+        #[arg(long, value_delimiter = ',')]
+        addresses: Vec<std::net::IpAddr>,
     },
 }
 
@@ -110,7 +114,9 @@ impl LabCommand {
 
 pub fn main(command: LabCommand) -> Result<ExitCode> {
     match command {
-        LabCommand::Serve { ports } => serve::serve(&ports).map(|()| ExitCode::SUCCESS),
+        LabCommand::Serve { ports, addresses } => {
+            serve::serve(&ports, &addresses).map(|()| ExitCode::SUCCESS)
+        }
         LabCommand::Down { name } => {
             privileges::require_lab()?;
             let removed = down(&name)?;
@@ -132,6 +138,9 @@ pub fn main(command: LabCommand) -> Result<ExitCode> {
         } => {
             privileges::require_lab()?;
             watch_signals()?;
+            if scenario == scenario::Scenario::Failover {
+                return failover::run(&name, workers);
+            }
             let lab = Lab::up(&name, workers)?;
             println!("{}", lab.describe());
             let ok = scenario::run(scenario, &lab, requests);
@@ -511,14 +520,14 @@ pub fn down(name: &str) -> Result<String> {
         }
     }
     let mut deleted = 0;
+    let mut names = vec![
+        format!("{name}-cli"),
+        format!("{name}-gw"),
+        format!("{name}-srv"),
+    ];
+    names.extend(failover::namespace_names(name));
     for ns in NetNs::list_named()? {
-        if [
-            format!("{name}-cli"),
-            format!("{name}-gw"),
-            format!("{name}-srv"),
-        ]
-        .contains(&ns)
-        {
+        if names.contains(&ns) {
             NetNs::open(&ns)?.delete_named()?;
             deleted += 1;
         }

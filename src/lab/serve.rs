@@ -4,7 +4,7 @@
 //! per backend.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,18 +22,29 @@ pub fn port_of_answer(text: &str) -> Option<u16> {
         .and_then(|p| p.parse().ok())
 }
 
-/// Serves until the process is killed.
-pub fn serve(ports: &[u16]) -> Result<()> {
+/// Serves until the process is killed. With no `addresses` every port is
+/// bound to `[::]`; otherwise to each address, so a UDP answer leaves from
+/// the address its request was sent to (a host with several backend
+/// addresses routes each one's replies through its own gateway).
+pub fn serve(ports: &[u16], addresses: &[IpAddr]) -> Result<()> {
+    // [::] with the default bindv6only=0 takes IPv4 too.
+    let any = [IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)];
+    let addresses = if addresses.is_empty() {
+        &any[..]
+    } else {
+        addresses
+    };
     let mut threads = Vec::new();
     for &port in ports {
-        // [::] with the default bindv6only=0 takes IPv4 too.
-        let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
-        let tcp = TcpListener::bind(any).with_context(|| format!("binding TCP port {port}"))?;
-        let udp = UdpSocket::bind(any).with_context(|| format!("binding UDP port {port}"))?;
-        threads.push(std::thread::spawn(move || serve_tcp(tcp, port)));
-        threads.push(std::thread::spawn(move || serve_udp(udp, port)));
+        for &address in addresses {
+            let at = SocketAddr::new(address, port);
+            let tcp = TcpListener::bind(at).with_context(|| format!("binding TCP {at}"))?;
+            let udp = UdpSocket::bind(at).with_context(|| format!("binding UDP {at}"))?;
+            threads.push(std::thread::spawn(move || serve_tcp(tcp, port)));
+            threads.push(std::thread::spawn(move || serve_udp(udp, port)));
+        }
     }
-    eprintln!("lab backend serving HTTP and UDP on ports {ports:?}");
+    eprintln!("lab backend serving HTTP and UDP on ports {ports:?} of {addresses:?}");
     for t in threads {
         let _ = t.join();
     }
