@@ -127,7 +127,11 @@ pub fn plan(config: &Config, links: &[Link], addrs: &[Addr]) -> Result<Plan> {
             Some(p) => Auth::simple(p.as_bytes()),
             None => Auth::None,
         };
-        let mut tracks = Vec::new();
+        // Like keepalived: an instance is in FAULT while its own link is
+        // down or has no carrier.
+        let own = format!("interface:{}", c.interface);
+        plan.links.push((own.clone(), c.interface.clone()));
+        let mut tracks = vec![(own, 0)];
         for t in &c.tracks {
             let key = track_key(&t.kind);
             match &t.kind {
@@ -343,12 +347,20 @@ pub fn spawn(plan: Plan, publish: Publish) -> Result<VrrpRuntime> {
         requests: Mutex::new(tx),
     });
     let stop = Arc::new(AtomicBool::new(false));
+    // Every VRRP VIP starts inactive (instances start as backups); the map
+    // always holds all of them, so a publish never mistakes one for a VIP
+    // without VRRP (always active).
+    let vip_states = plan
+        .instances
+        .iter()
+        .flat_map(|p| p.cfg.vips.iter().map(|v| (*v, VipState::Inactive)))
+        .collect();
     let mut runner = Runner {
         node,
         plan,
         io,
         publish,
-        vip_states: HashMap::new(),
+        vip_states,
         shared: shared.clone(),
         requests: rx,
         hooks: Vec::new(),
