@@ -67,7 +67,7 @@ use crate::snapshot::{
     Backend, FxHashMap, FxHasher, NextHop, NextHopMiss, NextHopSnapshot, ServiceSnapshot,
 };
 use crate::wire::{
-    self, icmpv4, icmpv6, ipv6, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress,
+    self, icmpv4, icmpv6, ipv4, ipv6, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress,
     EthernetFrame, Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, IpProtocol,
     Ipv4Packet, Ipv4Quote, Ipv6Packet, Ipv6Quote, NdpRepr, NeighborFlags,
 };
@@ -437,26 +437,41 @@ impl Pipeline {
         let Ok(packet) = Ipv4Packet::new_checked(&frame[l3..]) else {
             return Drop(DropReason::Malformed);
         };
+        // The fixed part of the header as an array: its fields are read
+        // without bounds checks. Present: `new_checked` saw the header.
+        let Some(Ok(fixed)) = frame
+            .get(l3..l3 + ipv4::HEADER_LEN)
+            .map(<&[u8; ipv4::HEADER_LEN]>::try_from)
+        else {
+            return Drop(DropReason::Malformed);
+        };
+        let head = Ipv4Packet::new_unchecked(fixed);
+        let header_len = head.header_len();
         let ip = Ip {
             v4: true,
             l3,
-            l4: l3 + packet.header_len(),
-            end: l3 + usize::from(packet.total_len()),
-            src: Addr16::from_v4(packet.src_addr()),
-            dst: Addr16::from_v4(packet.dst_addr()),
-            ttl: packet.ttl(),
+            l4: l3 + header_len,
+            end: l3 + usize::from(head.total_len()),
+            src: Addr16::from_v4(head.src_addr()),
+            dst: Addr16::from_v4(head.dst_addr()),
+            ttl: head.ttl(),
         };
-        let protocol = packet.protocol();
+        let protocol = head.protocol();
         let to_vip = svc.is_vip(ip.dst);
         if !to_vip && !may_concern_backend(svc, protocol) {
             return Pass;
         }
         // From here on the packet is (probably) ours: check it.
-        let checks = if !packet.verify_checksum() {
+        let checksum_ok = if header_len == ipv4::HEADER_LEN {
+            head.verify_checksum()
+        } else {
+            packet.verify_checksum()
+        };
+        let checks = if !checksum_ok {
             Some(DropReason::BadIpChecksum)
-        } else if packet.is_fragment() {
+        } else if head.is_fragment() {
             Some(DropReason::Fragment)
-        } else if packet.has_options() {
+        } else if header_len > ipv4::HEADER_LEN {
             Some(DropReason::IpOptions)
         } else {
             None
@@ -659,7 +674,10 @@ impl Pipeline {
             addr: backend.addr,
             port: backend.port,
         };
-        nat(frame, ip, l4.proto, Side::Dst, to, hop);
+        if nat(frame, ip, l4.proto, Side::Dst, to, hop).is_none() {
+            // Unreachable: `parse_l4` checked the header is there.
+            return Drop(DropReason::Malformed);
+        }
         if meta.csum_not_ready {
             fill_l4_checksum(frame, ip, l4.proto);
         }
@@ -794,7 +812,10 @@ impl Pipeline {
             addr: service.vip,
             port: service.port,
         };
-        nat(frame, ip, l4.proto, Side::Src, to, hop);
+        if nat(frame, ip, l4.proto, Side::Src, to, hop).is_none() {
+            // Unreachable: `parse_l4` checked the header is there.
+            return Drop(DropReason::Malformed);
+        }
         if meta.csum_not_ready {
             fill_l4_checksum(frame, ip, l4.proto);
         }
@@ -1130,6 +1151,7 @@ fn l4_checksum_at(proto: L4Proto) -> usize {
 
 /// Reads the TCP or UDP header; `None` if it is truncated or its length
 /// fields are impossible.
+#[inline]
 fn parse_l4(frame: &[u8], ip: Ip, protocol: IpProtocol) -> Option<L4> {
     let seg = frame.get(ip.l4..ip.end)?;
     let (proto, flags) = match protocol {
@@ -1237,48 +1259,58 @@ struct Endpoint {
 /// for address and port together, the IPv4 header checksum one for address
 /// and TTL together (RFC 1624; the same values as updating field by
 /// field). The caller has checked `ip.ttl > 1` and that the L4 header is
-/// in the frame (`parse_l4`).
-#[inline]
-fn nat(frame: &mut [u8], ip: Ip, proto: L4Proto, side: Side, to: Endpoint, hop: NextHop) {
+/// in the frame (`parse_l4`); `None` (nothing written) if it is not.
+#[inline(always)]
+fn nat(
+    frame: &mut [u8],
+    ip: Ip,
+    proto: L4Proto,
+    side: Side,
+    to: Endpoint,
+    hop: NextHop,
+) -> Option<()> {
+    let csum_at = l4_checksum_at(proto);
+    let seg = frame.get_mut(ip.l4..ip.l4 + csum_at + 2)?;
     let (old, port_at) = match side {
-        Side::Dst => (ip.dst, ip.l4 + 2),
-        Side::Src => (ip.src, ip.l4),
+        Side::Dst => (ip.dst, 2),
+        Side::Src => (ip.src, 0),
     };
-    let old_port = u16::from_be_bytes([frame[port_at], frame[port_at + 1]]);
-    frame[port_at..port_at + 2].copy_from_slice(&to.port.to_be_bytes());
+    let old_port = u16::from_be_bytes([seg[port_at], seg[port_at + 1]]);
+    seg[port_at..port_at + 2].copy_from_slice(&to.port.to_be_bytes());
     let ttl = ip.ttl.saturating_sub(1);
     let addr_delta = if ip.v4 {
-        let at = ip.l3 + if side == Side::Dst { 16 } else { 12 };
-        frame[at..at + 4].copy_from_slice(&to.addr.0[12..]);
+        let h: &mut [u8; 20] = frame.get_mut(ip.l3..ip.l3 + 20)?.try_into().ok()?;
+        let at = if side == Side::Dst { 16 } else { 12 };
+        h[at..at + 4].copy_from_slice(&to.addr.0[12..]);
         let delta = checksum::delta32(v4_word(&old), v4_word(&to.addr));
         // TTL shares its 16-bit word with the protocol number.
-        let proto_byte = u16::from(frame[ip.l3 + 9]);
         let ttl_delta = checksum::delta16(
-            u16::from(ip.ttl) << 8 | proto_byte,
-            u16::from(ttl) << 8 | proto_byte,
+            u16::from_be_bytes([ip.ttl, h[9]]),
+            u16::from_be_bytes([ttl, h[9]]),
         );
-        frame[ip.l3 + 8] = ttl;
-        let at = ip.l3 + 10;
-        let csum = u16::from_be_bytes([frame[at], frame[at + 1]]);
-        let csum = checksum::update_by(csum, delta + ttl_delta);
-        frame[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+        h[8] = ttl;
+        let csum = checksum::update_by(u16::from_be_bytes([h[10], h[11]]), delta + ttl_delta);
+        h[10..12].copy_from_slice(&csum.to_be_bytes());
         delta
     } else {
-        let at = ip.l3 + if side == Side::Dst { 24 } else { 8 };
-        frame[at..at + 16].copy_from_slice(&to.addr.0);
-        frame[ip.l3 + 7] = ttl;
+        let h: &mut [u8; 40] = frame.get_mut(ip.l3..ip.l3 + 40)?.try_into().ok()?;
+        let at = if side == Side::Dst { 24 } else { 8 };
+        h[at..at + 16].copy_from_slice(&to.addr.0);
+        h[7] = ttl;
         checksum::delta128(&old.0, &to.addr.0)
     };
     let delta = addr_delta + checksum::delta16(old_port, to.port);
-    let at = ip.l4 + l4_checksum_at(proto);
-    let csum = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let seg = frame.get_mut(ip.l4 + csum_at..ip.l4 + csum_at + 2)?;
+    let csum = u16::from_be_bytes([seg[0], seg[1]]);
     let csum = match proto {
         L4Proto::Tcp => checksum::update_by(csum, delta),
         L4Proto::Udp => checksum::udp_update_by(csum, delta),
     };
-    frame[at..at + 2].copy_from_slice(&csum.to_be_bytes());
-    frame[0..6].copy_from_slice(&hop.dst_mac);
-    frame[6..12].copy_from_slice(&hop.src_mac);
+    seg.copy_from_slice(&csum.to_be_bytes());
+    let macs = frame.get_mut(..12)?;
+    macs[..6].copy_from_slice(&hop.dst_mac);
+    macs[6..].copy_from_slice(&hop.src_mac);
+    Some(())
 }
 
 /// The IPv4 address of a v4-mapped [`Addr16`] as a number.
