@@ -471,7 +471,7 @@ impl Runner {
             self.node.set_track(now, &key, up);
         }
         self.node.start(now);
-        self.carry_out(now);
+        self.carry_out();
         let mut rescan = now + RESCAN;
         let mut status_at = now;
         let mut until: Option<Instant> = None;
@@ -485,11 +485,11 @@ impl Runner {
                     "VRRP: resigned every instance for shutdown"
                 );
                 until = Some(end);
-                self.carry_out(now);
+                self.carry_out();
             }
             if until.is_some_and(|u| now >= u) {
                 self.node.handle_timeout(now);
-                self.carry_out(now);
+                self.carry_out();
                 break;
             }
             self.serve_requests(now);
@@ -519,7 +519,7 @@ impl Runner {
             }
             let now = Instant::now();
             self.node.handle_timeout(now);
-            self.carry_out(now);
+            self.carry_out();
             self.reap_hooks();
             if self.status_due && (now >= status_at || self.status_urgent) {
                 self.publish_status();
@@ -577,13 +577,17 @@ impl Runner {
         }
     }
 
-    fn carry_out(&mut self, now: Instant) {
+    /// Carries out the node's actions. VIP changes are published to the
+    /// dataplane before any announcement goes out, so clients that move on
+    /// a gratuitous ARP find the VIP's services already there.
+    fn carry_out(&mut self) {
         let mut vips_changed = false;
+        let mut announce = Vec::new();
         while let Some((i, action)) = self.node.poll_action() {
             self.status_due = true;
             match action {
                 Action::Send(advert) => self.send(i, &advert),
-                Action::Announce => self.announce(i),
+                Action::Announce => announce.push(i),
                 Action::Vips(state) => {
                     self.set_vips(i, state);
                     vips_changed = true;
@@ -597,7 +601,9 @@ impl Runner {
         if vips_changed {
             (self.publish)(&self.vip_states);
         }
-        let _ = now;
+        for i in announce {
+            self.announce(i);
+        }
     }
 
     fn send(&mut self, i: usize, advert: &wire::Advert) {
@@ -752,7 +758,7 @@ impl Runner {
             if result.is_ok() {
                 info!(?request, "VRRP: operator request");
             }
-            self.carry_out(now);
+            self.carry_out();
             let _ = reply.send(result.map_err(|e| e.to_string()));
         }
     }
