@@ -171,7 +171,9 @@ fn run_with(
     let vrrp = if vrrp_plan.instances.is_empty() {
         None
     } else {
-        let runtime = vrrp::run::spawn(vrrp_plan, publisher(config, links, services.clone()))?;
+        let counters = state.workers.iter().map(|(c, _)| c.clone()).collect();
+        let publish = publisher(config, links, services.clone(), counters);
+        let runtime = vrrp::run::spawn(vrrp_plan, publish)?;
         let _ = state.vrrp.set(runtime.shared());
         info!(instances = config.vrrp.instances.len(), "VRRP running");
         Some(runtime)
@@ -201,11 +203,18 @@ fn run_with(
     result
 }
 
-/// Rebuilds and publishes the service snapshot whenever VRRP moves a VIP.
+/// Longest a VIP move waits for every worker to use the new snapshot.
+const SNAPSHOT_ACK_WAIT: Duration = Duration::from_millis(60);
+
+/// Rebuilds and publishes the service snapshot whenever VRRP moves a VIP,
+/// and returns once every worker handles packets with it (or after
+/// [`SNAPSHOT_ACK_WAIT`]): the VRRP thread sends gratuitous ARPs only then,
+/// so clients that move find the VIP's services in place.
 fn publisher(
     config: &Config,
     links: &[Link],
     services: Arc<Published<ServiceSnapshot>>,
+    workers: Vec<Arc<vipgate_dataplane::counters::WorkerCounters>>,
 ) -> vrrp::run::Publish {
     let config = config.clone();
     let links = links.to_vec();
@@ -214,7 +223,21 @@ fn publisher(
         generation += 1;
         match build_services(&config, &links, generation, states) {
             Ok(snapshot) => services.store(snapshot),
-            Err(e) => warn!(error = %e, "could not rebuild the service snapshot"),
+            Err(e) => {
+                warn!(error = %e, "could not rebuild the service snapshot");
+                return;
+            }
+        }
+        let deadline = Instant::now() + SNAPSHOT_ACK_WAIT;
+        while workers
+            .iter()
+            .any(|w| w.get(Counter::ServiceGeneration) < generation)
+        {
+            if Instant::now() >= deadline {
+                debug!(generation, "not every worker took the new snapshot in time");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     })
 }

@@ -103,6 +103,11 @@ pub enum Counter {
     Forwarded,
     /// Reverse NAT: backend -> client rewritten to VIP -> client.
     Replied,
+    /// Replies translated without a connection entry (included in
+    /// `replied`): the backend endpoint serves exactly one service, so the
+    /// VIP is known. This is how a node that just became master translates
+    /// replies to connections the old master opened (planned switchover).
+    RepliedWithoutConnection,
     ArpReplies,
     NdAdverts,
     EchoReplies,
@@ -124,14 +129,19 @@ pub enum Counter {
     /// Frames longer than the I/O slot (GRO/TSO super-frames), as the I/O
     /// backend saw them (the pipeline drops them as `oversize`).
     RxTruncated,
+    /// Generation of the service snapshot the worker's current batch uses
+    /// (a gauge): once every worker shows a generation, no packet is
+    /// handled with an older one.
+    ServiceGeneration,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Rx,
         Counter::Tx,
         Counter::Forwarded,
         Counter::Replied,
+        Counter::RepliedWithoutConnection,
         Counter::ArpReplies,
         Counter::NdAdverts,
         Counter::EchoReplies,
@@ -146,6 +156,7 @@ impl Counter {
         Counter::RxRingDrops,
         Counter::TxErrors,
         Counter::RxTruncated,
+        Counter::ServiceGeneration,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -155,6 +166,7 @@ impl Counter {
             Counter::Tx => "tx",
             Counter::Forwarded => "forwarded",
             Counter::Replied => "replied",
+            Counter::RepliedWithoutConnection => "replied_without_connection",
             Counter::ArpReplies => "arp_replies",
             Counter::NdAdverts => "nd_adverts",
             Counter::EchoReplies => "echo_replies",
@@ -169,6 +181,7 @@ impl Counter {
             Counter::RxRingDrops => "rx_ring_drops",
             Counter::TxErrors => "tx_errors",
             Counter::RxTruncated => "rx_truncated",
+            Counter::ServiceGeneration => "service_generation",
         }
     }
 }

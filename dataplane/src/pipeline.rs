@@ -793,17 +793,30 @@ impl Pipeline {
             port: l4.dst_port,
             proto: l4.proto,
         };
-        let Some(found) = self.conns.lookup_reply(&client, backend_id) else {
-            return Drop(DropReason::ReplyMiss);
+        let service = match self.conns.lookup_reply(&client, backend_id) {
+            Some(found) => {
+                let Some(service) = svc.service_by_id(found.service) else {
+                    return Drop(DropReason::NoService);
+                };
+                if ip.ttl <= 1 {
+                    return self.time_exceeded(meta, frame, ip, service.vip);
+                }
+                let flags = TcpFlags::from_bits(l4.flags);
+                self.conns.on_packet(found.id, Direction::Reply, flags, now);
+                service
+            }
+            // No connection here (another node opened it, e.g. the master
+            // before a planned switchover): a backend that serves one
+            // service names its VIP, so the reply can still be translated.
+            // Nothing is created; the client's next packet does that.
+            None => match svc.sole_service_of(backend_id) {
+                Some(service) if ip.ttl > 1 => {
+                    self.counters.add(Counter::RepliedWithoutConnection, 1);
+                    service
+                }
+                _ => return Drop(DropReason::ReplyMiss),
+            },
         };
-        let Some(service) = svc.service_by_id(found.service) else {
-            return Drop(DropReason::NoService);
-        };
-        if ip.ttl <= 1 {
-            return self.time_exceeded(meta, frame, ip, service.vip);
-        }
-        let flags = TcpFlags::from_bits(l4.flags);
-        self.conns.on_packet(found.id, Direction::Reply, flags, now);
         let hop = match self.client_hop(nh, ip.dst) {
             Ok(hop) => hop,
             Err(reason) => return Drop(reason),

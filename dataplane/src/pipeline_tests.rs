@@ -518,14 +518,54 @@ fn tcp_without_connection_needs_a_syn() {
 }
 
 #[test]
-fn reply_without_connection_is_a_reply_miss() {
+fn reply_without_connection_from_a_one_service_backend_is_translated() {
+    // What the new master of a planned switchover sees: replies to
+    // connections the old master opened.
+    for (client, vip, backend) in [(CLIENT4, VIP4, BACKEND4), (CLIENT6, VIP6, BACKEND6)] {
+        let mut b = Bench::new();
+        let reply = from_backend(tcp_frame(backend, 81, client, 40000, ACK, 64));
+        let (v, out) = b.run(BACKEND_IF, reply);
+        assert_eq!(tx_on(v), CLIENT_IF);
+        let o = parse_out(&out);
+        assert_eq!((o.src, o.dst), (ip(vip), ip(client)));
+        assert_eq!((o.sport(), o.dport()), (80, 40000));
+        assert_eq!(o.ttl, 63);
+        assert_eq!(b.count(Counter::RepliedWithoutConnection), 1);
+        assert_eq!(b.count(Counter::Replied), 1);
+        assert_eq!(b.p.conns().len(), 0, "nothing is created");
+        assert_eq!(b.drops(DropReason::ReplyMiss), 0);
+    }
+}
+
+#[test]
+fn reply_without_connection_is_a_reply_miss_when_the_backend_serves_two_services() {
     let mut b = Bench::new();
+    // The same endpoints (same ids) behind a second service on port 8080.
+    let mut services: Vec<Service> = std::mem::take(&mut b.svc).services;
+    services.push(service(
+        4,
+        "web-alt",
+        VIP4,
+        8080,
+        L4Proto::Tcp,
+        SchedulerKind::Maglev,
+        BACKEND4,
+        0,
+    ));
+    b.svc = ServiceSnapshot::new(2, services, vec![], vec![], vec![]);
     let (v, _) = b.run(
         BACKEND_IF,
         from_backend(tcp_frame(BACKEND4, 81, CLIENT4, 40000, SYN_ACK, 64)),
     );
     assert_eq!(v, Verdict::Drop);
     assert_eq!(b.drops(DropReason::ReplyMiss), 1);
+    assert_eq!(b.count(Counter::RepliedWithoutConnection), 0);
+    // TTL 1 without a connection: no translation, no answer either.
+    let (v, _) = b.run(
+        BACKEND_IF,
+        from_backend(tcp_frame(BACKEND6, 81, CLIENT6, 40000, ACK, 1)),
+    );
+    assert_eq!(v, Verdict::Drop);
 }
 
 #[test]

@@ -146,6 +146,9 @@ pub struct ServiceSnapshot {
     vip_addrs: EndpointMap,
     /// VIPs this node answers for (ARP, ND, echo), with their links.
     answered: FxHashMap<Addr16, Vec<u32>>,
+    /// Backend id -> index of the one service it serves (`NONE` when it
+    /// serves several).
+    sole_service: FxHashMap<u32, u32>,
 }
 
 impl ServiceSnapshot {
@@ -189,6 +192,14 @@ impl ServiceSnapshot {
             for b in &svc.backends {
                 s.by_backend.insert(b.addr, b.port, svc.proto as u8, b.id);
                 s.backends_by_id.insert(b.id, b.clone());
+                s.sole_service
+                    .entry(b.id)
+                    .and_modify(|e| {
+                        if *e != index {
+                            *e = NONE
+                        }
+                    })
+                    .or_insert(index);
             }
         }
         for (id, b) in &s.backends_by_id {
@@ -220,6 +231,16 @@ impl ServiceSnapshot {
         match self.by_id_dense.get(id as usize) {
             Some(&i) => self.services.get(i as usize),
             None => self.by_id.get(&id).map(|i| &self.services[*i]),
+        }
+    }
+
+    /// The only service backend `id` serves in this snapshot, if it serves
+    /// exactly one (then a reply from it can be translated without a
+    /// connection entry).
+    pub fn sole_service_of(&self, id: u32) -> Option<&Service> {
+        match self.sole_service.get(&id) {
+            Some(&i) if i != NONE => self.services.get(i as usize),
+            _ => None,
         }
     }
 

@@ -76,8 +76,9 @@ impl Drop for WorkerHandle {
 }
 
 /// How long one poll may block; bounds how late a stop or a snapshot swap
-/// is noticed when no traffic flows.
-const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+/// is noticed when no traffic flows (a VRRP move waits for every worker to
+/// take the new snapshot before announcing it, so keep this short).
+const POLL_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// Starts worker `id` on its own thread, pinned to `core` when given.
 pub fn spawn<I: PacketIo + Send + 'static>(
@@ -131,6 +132,7 @@ fn run<I: PacketIo>(
         // reference count every batch.
         let svc = services.current();
         let nh = nexthops.current();
+        counters.set(Counter::ServiceGeneration, svc.generation);
         if announcer && announced_generation != Some(svc.generation) {
             announced_generation = Some(svc.generation);
             pipeline.announce_if_changed(svc);

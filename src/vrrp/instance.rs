@@ -492,14 +492,19 @@ impl Instance {
         self.timer = None;
         self.garp_second = None;
         self.garp_refresh = None;
-        let until = now + self.cfg.resign_grace;
-        if self.cfg.resign_grace.is_zero() {
+        self.drain_for(now, self.cfg.resign_grace)
+    }
+
+    /// Stops answering for the VIPs but keeps forwarding their traffic for
+    /// `grace` (inactive at once when zero); returns when that ends.
+    fn drain_for(&mut self, now: Instant, grace: Duration) -> Instant {
+        if grace.is_zero() {
             self.set_vips(VipState::Inactive);
         } else {
             self.set_vips(VipState::Draining);
-            self.drain_until = Some(until);
+            self.drain_until = Some(now + grace);
         }
-        until
+        now + grace
     }
 
     /// Undoes [`Instance::resign`]: contends again as a backup (and takes
@@ -645,7 +650,10 @@ impl Instance {
 
     fn become_backup(&mut self, now: Instant, reason: Reason) {
         if self.state == State::Master {
-            self.set_vips(VipState::Inactive);
+            // Another master exists (we heard it): until its gratuitous
+            // ARPs have moved the clients, keep forwarding what still
+            // arrives here, as after a resign.
+            self.drain_for(now, self.cfg.resign_grace);
         }
         self.garp_second = None;
         self.garp_refresh = None;
@@ -969,8 +977,12 @@ mod tests {
         assert_eq!(i.state(), State::Master);
         assert_eq!(sent_priorities(&actions(&mut i)), vec![100]);
         // Equal priority from a higher address: we yield.
-        i.handle_advert(t0, ip(6), &advert(100, 100));
+        let t1 = t0 + Duration::from_secs(5);
+        i.handle_advert(t1, ip(6), &advert(100, 100));
         assert_eq!(i.state(), State::Backup);
+        // The new master's GARPs take a moment: keep forwarding meanwhile.
+        assert!(actions(&mut i).contains(&Action::Vips(VipState::Draining)));
+        i.handle_timeout(t1 + Duration::from_secs(3));
         assert!(actions(&mut i).contains(&Action::Vips(VipState::Inactive)));
         assert_eq!(
             i.last_transition().map(|t| t.reason),
