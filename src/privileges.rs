@@ -44,6 +44,18 @@ pub fn require_daemon() -> Result<()> {
     Ok(())
 }
 
+/// Whether this process has root's network powers (CAP_SYS_ADMIN,
+/// CAP_NET_ADMIN, CAP_NET_RAW): what the lab and the namespace tests need.
+/// The tests skip, saying so, when it is false.
+pub fn is_root() -> bool {
+    missing(&[
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_NET_RAW, "CAP_NET_RAW"),
+    ])
+    .is_empty()
+}
+
 /// The lab also creates network namespaces: CAP_SYS_ADMIN, i.e. root.
 pub fn require_lab() -> Result<()> {
     let m = missing(&[

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vipgate::privileges::is_root;
 
 const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 10);
 const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x10);
@@ -946,11 +947,6 @@ fn wait_gone(pid: i32) -> bool {
 }
 
 // ------------------------------------------------------------- FFI
-
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// SIGTERM to a process this test started (directly or through the lab).
 fn terminate(pid: i32) {

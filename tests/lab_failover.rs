@@ -8,14 +8,10 @@
 //! "SKIPPED: needs root" and passes.
 
 use std::process::{Command, Output};
+use vipgate::privileges::is_root;
 
 fn vipgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vipgate"))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn text(o: &Output) -> String {

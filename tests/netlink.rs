@@ -23,20 +23,10 @@ use netlink::{
     RTNLGRP_NEIGH,
 };
 use netns::NetNs;
+use vipgate::privileges::is_root;
 
 /// How long the kernel gets to resolve a neighbour on a veth.
 const RESOLVE_DEADLINE: Duration = Duration::from_secs(5);
-
-fn is_root() -> bool {
-    // /proc/self belongs to the effective uid of the reading process.
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipping: this test needs root (network namespaces, CAP_NET_ADMIN)");
-    }
-    root
-}
 
 fn ns_name(tag: &str) -> String {
     format!("vgt-{}-{tag}", std::process::id())

@@ -7,20 +7,10 @@
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use vipgate::privileges::is_root;
 
 fn vipgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vipgate"))
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// A lab that is torn down on drop.

@@ -23,6 +23,7 @@ use sys::{
     BackendEndpoint, IngressFilter, L4Protocol, NftIngressGuard, Offload, OffloadGuard,
     OffloadState, Offloads, SysError, SystemChange,
 };
+use vipgate::privileges::is_root;
 
 const NODE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -33,13 +34,6 @@ const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 const BACKEND_PORT: u16 = 8053;
 /// The longest any one job in a namespace may take.
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    let uid = unsafe { libc::geteuid() };
-    uid == 0
-}
 
 /// Skips the test (returns) with a message unless running as root.
 macro_rules! require_root {

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use vipgate::privileges::is_root;
 
 const KEEPALIVED: &str = "/usr/sbin/keepalived";
 const VRID: u8 = 51;
@@ -91,17 +92,6 @@ s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
 for h in sys.argv[4:]:
     s.sendto(bytes.fromhex(h), (dst, 0))
 "#;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Why this machine cannot run the tests, if it cannot.
 fn skip_reason() -> Option<&'static str> {

@@ -20,29 +20,18 @@
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vipgate::netns::NetNs;
+use vipgate::privileges::is_root;
 use vipgate::vrrp::socket::{poll_readable, Family, Received, SocketConfig, VrrpSocket};
 use vipgate::vrrp::wire::{self, Advert, Auth, ChecksumMode, Version, MCAST_V4, MCAST_V6};
 
 const PSEUDO: ChecksumMode = ChecksumMode::PseudoHeader;
 /// Receive buffer: IPv4 header with options and the longest advert.
 const BUF_LEN: usize = 60 + wire::MAX_LEN;
-
-fn is_root() -> bool {
-    // /proc/self belongs to the effective uid of the reading process.
-    let root = fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipping: this test needs root (network namespaces, raw sockets)");
-    }
-    root
-}
 
 fn keepalived_path() -> Option<PathBuf> {
     let found = [

@@ -674,16 +674,12 @@ impl Pipeline {
             addr: backend.addr,
             port: backend.port,
         };
-        if nat(frame, ip, l4.proto, Side::Dst, to, hop).is_none() {
-            // Unreachable: `parse_l4` checked the header is there.
-            return Drop(DropReason::Malformed);
-        }
-        if meta.csum_not_ready {
-            fill_l4_checksum(frame, ip, l4.proto);
-        }
-        Action::Forward {
-            ifindex: hop.ifindex,
-            len: ip.end,
+        match translate(frame, ip, l4.proto, meta, Side::Dst, to, hop) {
+            Some(()) => Action::Forward {
+                ifindex: hop.ifindex,
+                len: ip.end,
+            },
+            None => Drop(DropReason::Malformed),
         }
     }
 
@@ -825,16 +821,12 @@ impl Pipeline {
             addr: service.vip,
             port: service.port,
         };
-        if nat(frame, ip, l4.proto, Side::Src, to, hop).is_none() {
-            // Unreachable: `parse_l4` checked the header is there.
-            return Drop(DropReason::Malformed);
-        }
-        if meta.csum_not_ready {
-            fill_l4_checksum(frame, ip, l4.proto);
-        }
-        Action::Reply {
-            ifindex: hop.ifindex,
-            len: ip.end,
+        match translate(frame, ip, l4.proto, meta, Side::Src, to, hop) {
+            Some(()) => Action::Reply {
+                ifindex: hop.ifindex,
+                len: ip.end,
+            },
+            None => Drop(DropReason::Malformed),
         }
     }
 
@@ -1264,6 +1256,26 @@ enum Side {
 struct Endpoint {
     addr: Addr16,
     port: u16,
+}
+
+/// The NAT rewrite of one side plus, for frames whose checksum the kernel
+/// left to the NIC, the full L4 checksum. `None` only if the L4 header is
+/// missing, which `parse_l4` has already ruled out.
+#[inline(always)]
+fn translate(
+    frame: &mut [u8],
+    ip: Ip,
+    proto: L4Proto,
+    meta: &RxMeta,
+    side: Side,
+    to: Endpoint,
+    hop: NextHop,
+) -> Option<()> {
+    nat(frame, ip, proto, side, to, hop)?;
+    if meta.csum_not_ready {
+        fill_l4_checksum(frame, ip, proto);
+    }
+    Some(())
 }
 
 /// The whole rewrite of a NATed TCP/UDP packet, in place: the `side`
