@@ -606,7 +606,7 @@ pub fn build_services(
     // A VRRP VIP is answered on its instance's link (when the dataplane
     // opens it), not on every client link; kernel-mode VIPs are the
     // kernel's to answer.
-    let mut vrrp_links: HashMap<IpAddr, Vec<u32>> = HashMap::new();
+    let mut vrrp_links: HashMap<IpAddr, (Vec<u32>, Option<[u8; 6]>)> = HashMap::new();
     for inst in &config.vrrp.instances {
         let on = match inst.vip_mode {
             VipMode::Kernel => Vec::new(),
@@ -616,8 +616,11 @@ pub fn build_services(
                 .map(|l| l.index)
                 .collect(),
         };
+        let mac = inst
+            .virtual_mac
+            .then(|| vrrp::announce::virtual_mac(inst.vrid, inst.is_v6()));
         for v in &inst.vips {
-            vrrp_links.insert(*v, on.clone());
+            vrrp_links.insert(*v, (on.clone(), mac));
         }
     }
     let mut vips: Vec<Vip> = Vec::new();
@@ -630,15 +633,20 @@ pub fn build_services(
         if vips.iter().any(|v| v.addr == addr) {
             continue;
         }
+        let (links_of, mac) = vrrp_links
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| (client_links.clone(), None));
         let ifindexes = match state_of(&addr) {
             VipState::Inactive => continue,
             VipState::Draining => Vec::new(),
-            VipState::Active => vrrp_links
-                .get(&addr)
-                .cloned()
-                .unwrap_or_else(|| client_links.clone()),
+            VipState::Active => links_of,
         };
-        vips.push(Vip { addr, ifindexes });
+        vips.push(Vip {
+            addr,
+            ifindexes,
+            mac,
+        });
     }
     let interfaces = links
         .iter()
@@ -784,6 +792,7 @@ fn af_packet_config(
         .map(|l| afpacket::Interface {
             ifindex: l.index,
             name: l.name.clone(),
+            extra_macs: virtual_macs_on(config, &l.name),
         })
         .collect();
     let mut cfg = AfPacketConfig::new(interfaces, group, vips.to_vec());
@@ -793,6 +802,20 @@ fn af_packet_config(
     cfg.ring.frame_size = r.frame_size;
     cfg.ring.block_timeout = r.block_timeout;
     cfg
+}
+
+/// The VRRP virtual MACs the dataplane claims on link `name`.
+fn virtual_macs_on(config: &Config, name: &str) -> Vec<[u8; 6]> {
+    let mut macs: Vec<[u8; 6]> = config
+        .vrrp
+        .instances
+        .iter()
+        .filter(|i| i.virtual_mac && i.interface == name && i.vip_mode == VipMode::Dataplane)
+        .map(|i| vrrp::announce::virtual_mac(i.vrid, i.is_v6()))
+        .collect();
+    macs.sort();
+    macs.dedup();
+    macs
 }
 
 /// The socket path `vipgate status` uses when not given one.

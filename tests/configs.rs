@@ -281,10 +281,10 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
-        what: "vrrp: virtual_mac is refused until supported",
-        source: vrrp!("[[vrrp.instance]]\nname = \"vip1\"\ninterface = \"vg-cli\"\nvrid = 51\nvips = [\"198.18.10.10\"]\nvirtual_mac = true\n"),
+        what: "vrrp: virtual_mac needs the dataplane to claim it",
+        source: vrrp!("[[vrrp.instance]]\nname = \"vip1\"\ninterface = \"vg-cli\"\nvrid = 51\nvips = [\"198.18.10.10\"]\nvip_mode = \"kernel\"\nvirtual_mac = true\n"),
         expected: &[
-            "b.toml:23:15: vrrp.instance[0].virtual_mac: virtual_mac = true is not supported by this version of vipgate; remove it: the master answers with its link's own MAC and announces the move with gratuitous ARP / unsolicited NA (keepalived without use_vmac)",
+            "b.toml:24:15: vrrp.instance[0].virtual_mac: virtual_mac needs vip_mode = \"dataplane\"; this instance uses vip_mode = \"kernel\"; remove virtual_mac (the link's own MAC is used), or set vip_mode = \"dataplane\"",
         ],
     },
     Case {
@@ -490,7 +490,7 @@ priority = 150
 vips = ["198.18.10.10", "198.18.10.12"]
 unicast_source = "198.18.0.1"
 unicast_peers = ["198.18.0.3", "198.18.0.4"]
-virtual_mac = false
+virtual_mac = true
 
   [[vrrp.instance.track]]
   interface = "vg-srv"
@@ -585,7 +585,7 @@ fn a_full_vrrp_section_parses_into_the_model() {
         unicast_source: Some(ips(&["198.18.0.1"])[0]),
         unicast_peers: ips(&["198.18.0.3", "198.18.0.4"]),
         auth_pass: None,
-        virtual_mac: false,
+        virtual_mac: true,
         garp: GarpConfig {
             repeat: 3,
             delay: Duration::ZERO,

@@ -32,6 +32,8 @@ struct Node {
     ns: String,
     dir: PathBuf,
     daemon: Option<Child>,
+    /// Namespaces a test added (removed on drop too).
+    others: Vec<String>,
 }
 
 impl Drop for Node {
@@ -40,14 +42,16 @@ impl Drop for Node {
             let _ = d.kill();
             let _ = d.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        for ns in self.others.iter().chain([&self.ns]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Node {
-    fn new() -> Node {
-        let ns = format!("vgd{}", std::process::id());
+    fn new(tag: &str) -> Node {
+        let ns = format!("vgd{}{tag}", std::process::id());
         let dir = PathBuf::from(format!("/tmp/{ns}"));
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         let _ = std::fs::remove_dir_all(&dir);
@@ -56,6 +60,7 @@ impl Node {
             ns: ns.clone(),
             dir,
             daemon: None,
+            others: Vec::new(),
         };
         ip(&["netns", "add", &ns]);
         for (a, b) in [("t0", "t1"), ("t2", "t3")] {
@@ -200,7 +205,7 @@ fn tracking_notify_kernel_vips_and_clean_stop() {
         eprintln!("SKIPPED: needs root (network namespaces)");
         return;
     }
-    let mut node = Node::new();
+    let mut node = Node::new("t");
     let dir = node.dir.clone();
     std::fs::write(node.path("track"), "0\n").expect("track file");
     let hook = node.path("hook.sh");
@@ -322,4 +327,87 @@ fn tracking_notify_kernel_vips_and_clean_stop() {
     ] {
         assert!(notified.contains(line), "hook missed {line:?}:\n{notified}");
     }
+}
+
+#[test]
+fn clients_learn_the_virtual_mac_from_the_dataplane() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (network namespaces)");
+        return;
+    }
+    let mut node = Node::new("m");
+    // t1 becomes the client's link, in a namespace of its own.
+    let cli = format!("{}-cli", node.ns);
+    let _ = Command::new("ip").args(["netns", "del", &cli]).status();
+    ip(&["netns", "add", &cli]);
+    node.others.push(cli.clone());
+    ip(&["-n", &node.ns, "link", "set", "t1", "netns", &cli]);
+    ip(&["-n", &cli, "addr", "add", "198.18.0.3/24", "dev", "t1"]);
+    ip(&["-n", &cli, "link", "set", "t1", "up"]);
+    ip(&["-n", &cli, "route", "add", "198.18.10.10/32", "dev", "t1"]);
+    let dir = node.dir.clone();
+    node.start(&format!(
+        r#"
+[node]
+name = "gw"
+control_socket = "{dir}/ctl.sock"
+
+[[interface]]
+name = "t0"
+
+[dataplane]
+workers = 1
+conn_capacity = 1024
+
+[[service]]
+name = "web"
+vip = "198.18.10.10"
+port = 80
+  [[service.backend]]
+  address = "198.18.0.9"
+
+[vrrp]
+advert_interval = "100ms"
+
+[[vrrp.instance]]
+name = "vip1"
+interface = "t0"
+vrid = 51
+priority = 100
+vips = ["198.18.10.10"]
+virtual_mac = true
+"#,
+        dir = dir.display()
+    ));
+    node.wait_for("master", Duration::from_secs(10), |i| state(i) == "MASTER");
+    // The dataplane answers the client's ARP (and ping) with the VMAC.
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cli,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "198.18.10.10",
+        ])
+        .output()
+        .expect("ping");
+    assert!(
+        ping.status.success(),
+        "ping through the VMAC: {}\n{}",
+        String::from_utf8_lossy(&ping.stdout),
+        node.log()
+    );
+    let neigh = Command::new("ip")
+        .args(["-n", &cli, "neigh", "show", "198.18.10.10"])
+        .output()
+        .expect("ip neigh");
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(
+        neigh.contains("00:00:5e:00:01:33"),
+        "client learnt {neigh:?} for the VIP, not the VRRP virtual MAC"
+    );
 }

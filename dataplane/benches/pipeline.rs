@@ -98,6 +98,7 @@ fn services(kind: SchedulerKind) -> ServiceSnapshot {
         backends,
     };
     let vips = vec![Vip {
+        mac: None,
         addr: IpAddr::V4(VIP),
         ifindexes: vec![CLIENT_IF],
     }];

@@ -334,7 +334,7 @@ impl Pipeline {
                 let Some(iface) = svc.interface(*ifindex) else {
                     continue;
                 };
-                let mac = EthernetAddress(iface.mac);
+                let mac = EthernetAddress(vip.mac.unwrap_or(iface.mac));
                 let ok = match vip.addr {
                     IpAddr::V4(a) => self.built.push(*ifindex, |buf| {
                         ArpRepr::gratuitous(mac, a).emit_frame(buf, EthernetAddress::BROADCAST)
@@ -401,13 +401,10 @@ impl Pipeline {
             return Pass;
         }
         let target = Addr16::from_v4(request.target_protocol_addr);
-        if !svc.answers_on(target, meta.ifindex) {
-            return Pass;
-        }
-        let Some(iface) = svc.interface(meta.ifindex) else {
+        let Some(mac) = svc.answer_mac(target, meta.ifindex) else {
             return Pass;
         };
-        let reply = ArpRepr::reply_to(&request, EthernetAddress(iface.mac));
+        let reply = ArpRepr::reply_to(&request, EthernetAddress(mac));
         // The reply is exactly as long as the request (Ethernet + 28 bytes),
         // written over it from the frame start (any VLAN tag goes away: the
         // kernel strips tags before packet sockets see frames anyway).
@@ -567,9 +564,7 @@ impl Pipeline {
             return None;
         }
         let (target, _source_ll) = NdpRepr::parse_solicit(&icmp).ok()?;
-        if !svc.answers_on(Addr16::from_v6(target), meta.ifindex) {
-            return None;
-        }
+        let our_mac = EthernetAddress(svc.answer_mac(Addr16::from_v6(target), meta.ifindex)?);
         let src = ip.src.to_ip();
         let dst = ip.dst.to_ip();
         let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else {
@@ -579,8 +574,6 @@ impl Pipeline {
         if ip.ttl != 255 || !icmp.verify_checksum(src, dst) {
             return Some(Drop(DropReason::BadL4Checksum));
         }
-        let iface = svc.interface(meta.ifindex)?;
-        let our_mac = EthernetAddress(iface.mac);
         let eth = EthernetFrame::new_unchecked(frame);
         let (dst_ip, dst_mac, flags) = if src.is_unspecified() {
             // From an address in DAD: answer to all nodes (RFC 4861 7.2.4).
@@ -892,15 +885,12 @@ impl Pipeline {
         frame: &mut [u8],
         ip: Ip,
     ) -> Action {
-        if !svc.answers_on(ip.dst, meta.ifindex) {
-            return Drop(DropReason::NoService);
-        }
-        let Some(iface) = svc.interface(meta.ifindex) else {
+        let Some(mac) = svc.answer_mac(ip.dst, meta.ifindex) else {
             return Drop(DropReason::NoService);
         };
         let mut eth = EthernetFrame::new_unchecked(&mut *frame);
         let back_to = eth.src_addr();
-        eth.set_src_addr(EthernetAddress(iface.mac));
+        eth.set_src_addr(EthernetAddress(mac));
         eth.set_dst_addr(back_to);
         if ip.v4 {
             let mut packet = Ipv4Packet::new_unchecked(&mut frame[ip.l3..ip.end]);

@@ -110,10 +110,12 @@ fn services_answered_on(links: &[u32]) -> ServiceSnapshot {
     ];
     let vips = vec![
         Vip {
+            mac: None,
             addr: ip(VIP4),
             ifindexes: links.to_vec(),
         },
         Vip {
+            mac: None,
             addr: ip(VIP6),
             ifindexes: links.to_vec(),
         },
@@ -810,6 +812,47 @@ fn neighbour_solicitation_for_a_vip_is_answered() {
     assert_eq!(&o.l4[8..24], &target.octets());
     assert_eq!(o.dst_mac, CLIENT_MAC);
     assert_eq!(b.count(Counter::NdAdverts), 1);
+}
+
+#[test]
+fn a_virtual_mac_answers_and_announces_for_its_vips() {
+    const VMAC4: [u8; 6] = [0, 0, 0x5e, 0, 1, 51];
+    const VMAC6: [u8; 6] = [0, 0, 0x5e, 0, 2, 52];
+    let mut b = Bench::new();
+    let old = std::mem::take(&mut b.svc);
+    let vips = old
+        .vips
+        .iter()
+        .map(|v| Vip {
+            mac: Some(if v.addr.is_ipv4() { VMAC4 } else { VMAC6 }),
+            ..v.clone()
+        })
+        .collect();
+    b.svc = ServiceSnapshot::new(2, old.services, vips, old.interfaces.clone(), vec![]);
+    // ARP: Ethernet source and sender hardware address are the VMAC.
+    let (v, out) = b.run(CLIENT_IF, arp_request([198, 18, 10, 10]));
+    assert_eq!(tx_on(v), CLIENT_IF);
+    assert_eq!(&out[6..12], &VMAC4);
+    assert_eq!(&out[14 + 8..14 + 14], &VMAC4, "sender MAC");
+    // ND: the target link-layer option and the frame come from the VMAC.
+    let target: Ipv6Addr = VIP6.parse().unwrap();
+    b.run(CLIENT_IF, neighbour_solicit(target));
+    let built = b.p.built_frames();
+    let o = parse_out(built[0].1);
+    assert_eq!(o.src_mac, VMAC6);
+    assert_eq!(&o.l4[26..32], &VMAC6, "target link-layer address option");
+    b.p.clear_built();
+    // Echo replies and announcements too.
+    let (v, out) = b.run(CLIENT_IF, echo_request_v4());
+    assert_eq!(tx_on(v), CLIENT_IF);
+    assert_eq!(&out[6..12], &VMAC4);
+    b.p.announce(&b.svc);
+    let macs: Vec<[u8; 6]> =
+        b.p.built_frames()
+            .iter()
+            .map(|(_, f)| f[6..12].try_into().unwrap())
+            .collect();
+    assert_eq!(macs, vec![VMAC4, VMAC6]);
 }
 
 #[test]

@@ -112,6 +112,9 @@ pub struct Vip {
     pub addr: IpAddr,
     /// Interfaces on which it is answered (all client-facing links).
     pub ifindexes: Vec<u32>,
+    /// The MAC it is answered with and announced from: a VRRP virtual MAC
+    /// (RFC 5798 section 7.3), or `None` for the link's own.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// Where a backend reply comes from: which backend id and which service.
@@ -144,8 +147,9 @@ pub struct ServiceSnapshot {
     backends_dense: Vec<Option<Backend>>,
     /// Every VIP address (of a service or of `vips`), port and protocol 0.
     vip_addrs: EndpointMap,
-    /// VIPs this node answers for (ARP, ND, echo), with their links.
-    answered: FxHashMap<Addr16, Vec<u32>>,
+    /// VIPs this node answers for (ARP, ND, echo), with their links and
+    /// MAC override.
+    answered: FxHashMap<Addr16, (Vec<u32>, Option<[u8; 6]>)>,
     /// Backend id -> index of the one service it serves (`NONE` when it
     /// serves several).
     sole_service: FxHashMap<u32, u32>,
@@ -214,7 +218,7 @@ impl ServiceSnapshot {
         for v in &s.vips {
             s.vip_addrs.insert(Addr16::from_ip(v.addr), 0, 0, 0);
             s.answered
-                .insert(Addr16::from_ip(v.addr), v.ifindexes.clone());
+                .insert(Addr16::from_ip(v.addr), (v.ifindexes.clone(), v.mac));
         }
         s.services = services;
         s
@@ -255,7 +259,18 @@ impl ServiceSnapshot {
     pub fn answers_on(&self, addr: Addr16, ifindex: u32) -> bool {
         self.answered
             .get(&addr)
-            .is_some_and(|links| links.contains(&ifindex))
+            .is_some_and(|(links, _)| links.contains(&ifindex))
+    }
+
+    /// The MAC this node answers for `addr` with on `ifindex`: the VIP's
+    /// virtual MAC if it has one, else the link's own; `None` if it does
+    /// not answer for it there.
+    pub fn answer_mac(&self, addr: Addr16, ifindex: u32) -> Option<[u8; 6]> {
+        let (links, mac) = self.answered.get(&addr)?;
+        if !links.contains(&ifindex) {
+            return None;
+        }
+        mac.or_else(|| self.interface(ifindex).map(|i| i.mac))
     }
 
     /// The backend id of a reply's source endpoint, if it is a backend.
@@ -672,6 +687,7 @@ mod tests {
                 svc(100_000, "2001:db8:10::10", 443, (1, "2001:db8:20::2")),
             ],
             vec![Vip {
+                mac: None,
                 addr: "198.18.10.11".parse().unwrap(),
                 ifindexes: Vec::new(),
             }],

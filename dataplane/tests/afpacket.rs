@@ -195,6 +195,7 @@ fn run(veth: &Veth) {
     let (a_index, b_index) = (ifindex(&veth.a), ifindex(&veth.b));
     let mut config = AfPacketConfig::new(
         vec![Interface {
+            extra_macs: vec![],
             ifindex: a_index,
             name: veth.a.clone(),
         }],

@@ -75,7 +75,7 @@
 //!   unicast_source = "198.18.0.1"                # optional, an address of interface
 //!   unicast_peers = []                           # non-empty: unicast instead of multicast
 //!   auth_pass = "secret"                         # optional, version 2 only, 1..=8 bytes
-//!   virtual_mac = false
+//!   virtual_mac = false                          # true: answer as 00-00-5E-00-01-{vrid} (dataplane mode)
 //!     [[vrrp.instance.track]]                    # one of interface | file | script | service
 //!     interface = "eth1"
 //!     weight = 0                                 # -254..=254; 0 = FAULT while down

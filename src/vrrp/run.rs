@@ -56,7 +56,8 @@ pub struct Planned {
     pub cfg: InstanceConfig,
     pub ifindex: u32,
     pub ifname: String,
-    /// Source MAC of the announcements.
+    /// Source MAC of the announcements: the virtual MAC with
+    /// `virtual_mac = true`, else the link's.
     pub mac: [u8; 6],
     pub mode: VipMode,
     pub checksum: ChecksumMode,
@@ -181,7 +182,11 @@ pub fn plan(config: &Config, links: &[Link], addrs: &[Addr]) -> Result<Plan> {
             },
             ifindex: link.index,
             ifname: link.name.clone(),
-            mac: link.mac,
+            mac: if c.virtual_mac {
+                announce::virtual_mac(c.vrid, v6)
+            } else {
+                link.mac
+            },
             mode: c.vip_mode,
             checksum: match c.checksum {
                 VrrpChecksum::PseudoHeader => ChecksumMode::PseudoHeader,

@@ -111,6 +111,10 @@ pub struct Interface {
     /// Interface name, for error messages; when not empty, `open` checks
     /// that it still names `ifindex`.
     pub name: String,
+    /// Further unicast MACs the link must accept for this socket (VRRP
+    /// virtual MACs), added with `PACKET_MR_UNICAST` memberships that end
+    /// with the socket.
+    pub extra_macs: Vec<[u8; 6]>,
 }
 
 /// Geometry of one TPACKET_V3 RX ring.
@@ -595,6 +599,10 @@ fn open_port(
     set_opt(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &bypass)
         .map_err(|e| err("setsockopt(PACKET_QDISC_BYPASS)", e))?;
     bind_to(raw, ifindex).map_err(|e| err("bind", e))?;
+    for mac in &iface.extra_macs {
+        add_unicast_membership(raw, ifindex, mac)
+            .map_err(|e| err("setsockopt(PACKET_ADD_MEMBERSHIP, PACKET_MR_UNICAST)", e))?;
+    }
     let fanout_arg = u32::from(group) | (libc::PACKET_FANOUT_CBPF << 16);
     set_opt(raw, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout_arg).map_err(|e| {
         err(&format!("setsockopt(PACKET_FANOUT) joining group {group} (in use on another device or with another type?)"), e)
@@ -667,6 +675,19 @@ fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes the link accept frames to `mac` (its unicast filter, as a
+/// macvlan would) for as long as the socket lives.
+fn add_unicast_membership(fd: RawFd, ifindex: libc::c_int, mac: &[u8; 6]) -> io::Result<()> {
+    let mut mreq = libc::packet_mreq {
+        mr_ifindex: ifindex,
+        mr_type: libc::PACKET_MR_UNICAST as libc::c_ushort,
+        mr_alen: 6,
+        mr_address: [0; 8],
+    };
+    mreq.mr_address[..6].copy_from_slice(mac);
+    set_opt(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
 }
 
 fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> io::Result<()> {

@@ -51,6 +51,7 @@ fn check_instance(ctx: &Ctx, draft: &Draft, instance: &VrrpInstanceDraft) {
     check_interval(ctx, &path, &st.version, &st.advert_interval);
     check_checksum_version(ctx, &path, &st.version, &st.checksum);
     check_auth_pass(ctx, &path, instance);
+    check_virtual_mac(ctx, &path, instance);
     if let Some(family) = check_vip_family(ctx, &path, instance) {
         check_family_uses(ctx, &path, instance, family);
     }
@@ -175,6 +176,32 @@ fn check_auth_pass(ctx: &Ctx, path: &str, instance: &VrrpInstanceDraft) {
             origin(&instance.settings.version)
         ),
         "remove auth_pass, or set version = 2 (IPv4 only) to match routers that still use it",
+    );
+}
+
+/// The virtual MAC is claimed by the dataplane; kernel-mode VIPs would need
+/// a macvlan per instance (keepalived's use_vmac), which vipgate does not
+/// create.
+fn check_virtual_mac(ctx: &Ctx, path: &str, instance: &VrrpInstanceDraft) {
+    let Some(vmac) = instance.virtual_mac.as_ref().filter(|v| v.value) else {
+        return;
+    };
+    let kernel = matches!(
+        instance.settings.vip_mode.at.as_ref().map(|a| a.value),
+        Some(VipMode::Kernel)
+    );
+    if !kernel {
+        return;
+    }
+    ctx.report(
+        ErrorKind::Conflict,
+        vmac.span.clone(),
+        &format!("{path}.virtual_mac"),
+        format!(
+            "virtual_mac needs vip_mode = \"dataplane\"; this instance uses vip_mode = \"kernel\"{}",
+            origin(&instance.settings.vip_mode)
+        ),
+        "remove virtual_mac (the link's own MAC is used), or set vip_mode = \"dataplane\"",
     );
 }
 

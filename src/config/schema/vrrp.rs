@@ -387,7 +387,7 @@ fn read_instance(
             .and_then(|a| checked_vrrp_address(&s, "unicast_source", a)),
         unicast_peers: read_peers(&s),
         auth_pass: read_auth_pass(&s),
-        virtual_mac: read_virtual_mac(&s),
+        virtual_mac: or_default(&s, "virtual_mac", s.boolean("virtual_mac"), false),
         tracks,
     }
 }
@@ -458,24 +458,6 @@ fn checked_vrrp_address(s: &Section, key: &str, addr: At<IpAddr>) -> Option<At<I
         "use a unicast address, e.g. 198.18.10.10 or 2001:db8::10".to_string(),
     );
     None
-}
-
-/// `virtual_mac = true` is refused until the dataplane can answer with the
-/// RFC 5798 virtual MAC; `false` (the default) is accepted.
-fn read_virtual_mac(s: &Section) -> Option<At<bool>> {
-    let v = or_default(s, "virtual_mac", s.boolean("virtual_mac"), false)?;
-    if v.value && v.span.is_some() {
-        {
-            s.invalid(
-                "virtual_mac",
-                &v.span,
-                "virtual_mac = true is not supported by this version of vipgate".to_string(),
-                "remove it: the master answers with its link's own MAC and announces the move with gratuitous ARP / unsolicited NA (keepalived without use_vmac)".to_string(),
-            );
-            return None;
-        }
-    }
-    Some(v)
 }
 
 fn read_auth_pass(s: &Section) -> Option<At<String>> {
