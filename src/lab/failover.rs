@@ -25,6 +25,11 @@
 //! SIGKILL of gw-a's daemon, restart, preemption; (b) gw-a's client link
 //! down, up, preemption; (c) `vrrp resign vip1` on gw-a (no loss
 //! expected), `vrrp resume`, preemption.
+//!
+//! `--scenario failover-compare` runs the same topology twice in one go
+//! with a 10 kpps stream per VIP: first with the vipgate pair, then with a
+//! keepalived pair and kernel NAT (see `keepalived.rs`), each after a
+//! no-event baseline, and prints both tables side by side.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,6 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::keepalived::{self, Keepalived};
 use crate::netns::NetNs;
 
 /// One gateway's configuration; see the file for the placeholders.
@@ -60,16 +66,45 @@ const BACKEND_GWS: [Ipv4Addr; 2] = [
 ];
 /// The UDP echo service port on each VIP.
 const ECHO_PORT: u16 = 7;
-/// Probe rate per VIP: one datagram per this interval (1 kpps).
-const PROBE_EVERY: Duration = Duration::from_millis(1);
-/// Upper bound on one probe stream (datagrams per VIP).
-const PROBE_MAX: usize = 30_000;
+/// Probe rate per VIP of `--scenario failover` (1 kpps).
+const PROBE_RATE: u32 = 1_000;
+/// Probe rate per VIP of `--scenario failover-compare` (10 kpps).
+const COMPARE_RATE: u32 = 10_000;
+/// Upper bound on one probe stream's length; with the rate, on its count
+/// (30,000 datagrams per VIP at 1 kpps, 300,000 at 10 kpps).
+const PROBE_SECONDS: u32 = 30;
+/// After a stall the sender catches up with at most this many datagrams
+/// back to back per VIP.
+const PROBE_BURST: u32 = 10;
+/// Receive buffer of each probe socket (bytes asked for).
+const PROBE_RCVBUF: usize = 8 << 20;
+/// The no-event baseline of the comparison.
+const BASELINE: Duration = Duration::from_secs(2);
 /// An unplanned loss window longer than this fails the phase.
 const WINDOW_LIMIT: Duration = Duration::from_secs(3);
 /// How long a wait for a VRRP state lasts at most.
 const STATE_WAIT: Duration = Duration::from_secs(8);
 /// Probe traffic before and after each event.
 const SETTLE: Duration = Duration::from_millis(600);
+
+/// Which VRRP implementation and dataplane the two gateways run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pair {
+    /// vipgate: VRRP and the userspace NAT dataplane in one daemon.
+    Vipgate,
+    /// keepalived 2.2 with kernel VIPs, and the kernel's NAT (nftables
+    /// DNAT, conntrack) forwarding.
+    Keepalived,
+}
+
+impl Pair {
+    fn label(self) -> &'static str {
+        match self {
+            Pair::Vipgate => "vipgate",
+            Pair::Keepalived => "keepalived",
+        }
+    }
+}
 
 /// The two gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,18 +187,58 @@ pub fn namespace_names(name: &str) -> Vec<String> {
 
 /// `lab run --scenario failover`.
 pub fn run(name: &str, workers: u16) -> Result<ExitCode> {
-    let mut lab = FailoverLab::up(name, workers)?;
+    let reports = run_pair(name, workers, Pair::Vipgate, PROBE_RATE, false)?;
+    print_summary(&reports);
+    if reports.iter().all(|r| r.ok) {
+        println!("lab {name}: PASS: both VIPs served throughout except for the windows above; preferred masters at the end");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("lab {name}: FAIL (see above)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Builds the lab with `pair`, runs the phases with a `rate` stream per
+/// VIP, tears the lab down; the reports.
+/// `baseline`: a no-event phase first.
+fn run_pair(
+    name: &str,
+    workers: u16,
+    pair: Pair,
+    rate: u32,
+    baseline: bool,
+) -> Result<Vec<Report>> {
+    let mut lab = FailoverLab::up(name, workers, pair, rate)?;
     println!("{}", lab.describe());
-    let outcome = scenario(&mut lab);
+    let outcome = scenario(&mut lab, baseline);
     if super::interrupted() {
         drop(lab);
         bail!("interrupted; the lab was torn down");
     }
     drop(lab);
-    let reports = outcome?;
-    print_summary(&reports);
-    if reports.iter().all(|r| r.ok) {
-        println!("lab {name}: PASS: both VIPs served throughout except for the windows above; preferred masters at the end");
+    outcome
+}
+
+/// `lab run --scenario failover-compare`: the vipgate pair, then the
+/// keepalived pair, each with a baseline and the three phases at 10 kpps
+/// per VIP; both tables side by side.
+pub fn run_compare(name: &str, workers: u16) -> Result<ExitCode> {
+    let mut all = Vec::new();
+    for pair in [Pair::Vipgate, Pair::Keepalived] {
+        println!(
+            "\n=============== {} pair, {} kpps per VIP ===============",
+            pair.label(),
+            COMPARE_RATE / 1000
+        );
+        let reports = run_pair(name, workers, pair, COMPARE_RATE, true)?;
+        print_summary(&reports);
+        all.push(reports);
+    }
+    let keepalived = all.pop().unwrap_or_default();
+    let vipgate = all.pop().unwrap_or_default();
+    print_comparison(&vipgate, &keepalived);
+    if vipgate.iter().chain(&keepalived).all(|r| r.ok) {
+        println!("lab {name}: PASS: both pairs served both VIPs throughout except for the windows above; vipgate's planned resign lost nothing");
         Ok(ExitCode::SUCCESS)
     } else {
         println!("lab {name}: FAIL (see above)");
@@ -182,12 +257,16 @@ pub struct FailoverLab {
     backend: NetNs,
     dir: PathBuf,
     workers: u16,
+    pair: Pair,
+    /// Probe datagrams per second per VIP.
+    rate: u32,
     backend_proc: Option<Child>,
     daemons: [Option<Child>; 2],
+    keepaliveds: [Option<Keepalived>; 2],
 }
 
 impl FailoverLab {
-    fn up(name: &str, workers: u16) -> Result<FailoverLab> {
+    fn up(name: &str, workers: u16, pair: Pair, rate: u32) -> Result<FailoverLab> {
         super::check_name(name)?;
         let dir = super::lab_dir(name);
         if dir.exists()
@@ -220,11 +299,20 @@ impl FailoverLab {
             backend,
             dir,
             workers,
+            pair,
+            rate,
             backend_proc: None,
             daemons: [None, None],
+            keepaliveds: [None, None],
         };
         lab.wire().context("building the failover lab network")?;
+        if pair == Pair::Keepalived {
+            lab.kernel_nat()?;
+        }
         lab.start_backend()?;
+        if rate > PROBE_RATE {
+            lab.backend_realtime();
+        }
         for gw in Gw::BOTH {
             lab.start_daemon(gw)?;
         }
@@ -361,8 +449,81 @@ impl FailoverLab {
         }
     }
 
-    /// Starts `vipgate run` in `gw`'s namespace and waits until it answers.
+    /// net.ipv4.ip_forward in `gw`'s namespace.
+    fn set_forwarding(&self, gw: Gw, on: bool) -> Result<()> {
+        let value = if on { "1" } else { "0" };
+        self.gws[gw.index()]
+            .run(|| fs::write("/proc/sys/net/ipv4/ip_forward", value))?
+            .with_context(|| format!("ip_forward={value} on {}", gw.label()))
+    }
+
+    /// The keepalived pair's forwarding: kernel NAT in both gateways.
+    fn kernel_nat(&self) -> Result<()> {
+        let services: Vec<_> = VIPS
+            .iter()
+            .zip(BACKENDS)
+            .map(|((_, vip), backend)| {
+                (
+                    std::net::SocketAddrV4::new(*vip, ECHO_PORT),
+                    std::net::SocketAddrV4::new(backend, 80),
+                )
+            })
+            .collect();
+        let ruleset = keepalived::nat_ruleset(&services);
+        for gw in Gw::BOTH {
+            keepalived::kernel_nat(&self.gws[gw.index()], &self.gw_ns(gw), &ruleset)
+                .with_context(|| format!("kernel NAT on {}", gw.label()))?;
+        }
+        Ok(())
+    }
+
+    /// At 10 kpps on two cores the backend's echo threads can wait for a
+    /// core longer than their socket buffer lasts (~18 ms): SCHED_FIFO 1
+    /// for the backend process (its threads block in recv between
+    /// datagrams). A failure is only reported.
+    fn backend_realtime(&self) {
+        let Some(pid) = self.backend_proc.as_ref().map(Child::id) else {
+            return;
+        };
+        let ok = Command::new("chrt")
+            .args(["-a", "-f", "-p", "1", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!(
+                "note: chrt -f 1 on the backend server failed; its socket drops are counted below"
+            );
+        }
+    }
+
+    /// Starts `gw`'s VRRP daemon (vipgate or keepalived).
     fn start_daemon(&mut self, gw: Gw) -> Result<()> {
+        match self.pair {
+            Pair::Vipgate => self.start_vipgate(gw),
+            Pair::Keepalived => self.start_keepalived(gw),
+        }
+    }
+
+    /// Starts keepalived in `gw`'s namespace; returns once its VRRP
+    /// process runs.
+    fn start_keepalived(&mut self, gw: Gw) -> Result<()> {
+        let config_path = self.dir.join(format!("{}.conf", gw.label()));
+        fs::write(
+            &config_path,
+            keepalived::config(gw.label(), gw.priorities()),
+        )?;
+        let k = Keepalived::start(&self.gw_ns(gw), &config_path, &self.dir, gw.label())
+            .with_context(|| format!("starting {}'s keepalived", gw.label()))?;
+        self.record(k.pid())?;
+        self.keepaliveds[gw.index()] = Some(k);
+        Ok(())
+    }
+
+    /// Starts `vipgate run` in `gw`'s namespace and waits until it answers.
+    fn start_vipgate(&mut self, gw: Gw) -> Result<()> {
         let config_path = self.dir.join(format!("{}.toml", gw.label()));
         fs::write(
             &config_path,
@@ -414,10 +575,14 @@ impl FailoverLab {
     }
 
     /// SIGKILL for `gw`'s daemon (no resign, no restore); waits for it.
+    /// keepalived: both of its processes.
     fn kill_daemon(&mut self, gw: Gw) {
         if let Some(mut child) = self.daemons[gw.index()].take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(mut k) = self.keepaliveds[gw.index()].take() {
+            k.crash();
         }
     }
 
@@ -441,13 +606,7 @@ impl FailoverLab {
     fn states(&self) -> BTreeMap<String, [String; 2]> {
         let mut out: BTreeMap<String, [String; 2]> = BTreeMap::new();
         for gw in Gw::BOTH {
-            let Some(status) = self.status(gw) else {
-                continue;
-            };
-            let instances = status["vrrp"]["instances"].as_array().cloned();
-            for inst in instances.unwrap_or_default() {
-                let name = inst["name"].as_str().unwrap_or("?").to_string();
-                let state = inst["state"].as_str().unwrap_or("?").to_string();
+            for (name, state) in self.gw_states(gw) {
                 let entry = out
                     .entry(name)
                     .or_insert_with(|| ["-".to_string(), "-".to_string()]);
@@ -455,6 +614,30 @@ impl FailoverLab {
             }
         }
         out
+    }
+
+    /// (instance, state) of `gw`: vipgate's status, or keepalived's log
+    /// while it runs ("MASTER", "BACKUP", "FAULT").
+    fn gw_states(&self, gw: Gw) -> Vec<(String, String)> {
+        if self.pair == Pair::Keepalived {
+            return self.keepaliveds[gw.index()]
+                .as_ref()
+                .map(|k| k.states().into_iter().collect())
+                .unwrap_or_default();
+        }
+        let Some(status) = self.status(gw) else {
+            return Vec::new();
+        };
+        let instances = status["vrrp"]["instances"].as_array().cloned();
+        instances
+            .unwrap_or_default()
+            .iter()
+            .map(|inst| {
+                let name = inst["name"].as_str().unwrap_or("?").to_string();
+                let state = inst["state"].as_str().unwrap_or("?").to_string();
+                (name, state)
+            })
+            .collect()
     }
 
     /// "vip1 gw-a, vip1-gw gw-a, ...": who masters what; "none" or "both"
@@ -518,14 +701,25 @@ impl FailoverLab {
     }
 
     fn describe(&self) -> String {
-        format!(
+        let pair = match self.pair {
+            Pair::Vipgate => String::new(),
+            Pair::Keepalived => format!(
+                "\ngateways: keepalived 2.2 ({KA}) with kernel VIPs, same VRIDs, priorities, \
+                 100 ms adverts, sync groups and tracked links; forwarding and NAT by the kernel \
+                 (nftables DNAT VIP:7/udp -> backend:80, ip_forward=1; LVS/IPVS is not \
+                 available here: no ip_vs module)",
+                KA = keepalived::KEEPALIVED
+            ),
+        };
+        let text = format!(
             "lab {n}: namespaces {n}-cli (client), {n}-gwa (gw-a), {n}-gwb (gw-b), {n}-srv (backend)\n\
              vip1 198.18.10.10 (gw-a 150 / gw-b 100), vip2 198.18.10.11 (gw-a 100 / gw-b 150), \
              adverts every 100 ms; backend-side VIPs .20.254 / .20.253 follow them\n\
              logs and configs in {}",
             self.dir.display(),
             n = self.name,
-        )
+        );
+        text + &pair
     }
 }
 
@@ -541,6 +735,10 @@ impl Drop for FailoverLab {
             .collect();
         for c in &children {
             super::terminate_pid(c.id() as i32);
+        }
+        // keepalived: SIGTERM, wait, both processes SIGKILLed if needed.
+        for k in self.keepaliveds.iter_mut().filter_map(Option::take) {
+            drop(k);
         }
         let deadline = Instant::now() + Duration::from_secs(6);
         for c in &mut children {
@@ -562,9 +760,11 @@ impl Drop for FailoverLab {
 
 // ------------------------------------------------------------- the probe
 
-/// A 1 kpps UDP echo stream to each VIP from the client namespace.
+/// A UDP echo stream to each VIP from the client namespace.
 struct Probe {
     started: Instant,
+    /// Datagrams per VIP at most.
+    max: usize,
     stop_send: Arc<AtomicBool>,
     stop_recv: Arc<AtomicBool>,
     sender: JoinHandle<Vec<Instant>>,
@@ -578,13 +778,21 @@ struct Trace {
 }
 
 impl Probe {
-    fn start(client: &NetNs) -> Result<Probe> {
+    /// A stream of `rate` datagrams per second to each VIP, at most
+    /// [`PROBE_SECONDS`] long.
+    fn start(client: &NetNs, rate: u32) -> Result<Probe> {
+        let rate = rate.max(1);
+        let every = Duration::from_secs(1) / rate;
+        let max = rate as usize * PROBE_SECONDS as usize;
         let sockets = client.run(|| -> std::io::Result<Vec<UdpSocket>> {
             VIPS.iter()
                 .map(|(_, vip)| {
                     let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
                     s.connect(SocketAddr::from((*vip, ECHO_PORT)))?;
                     s.set_read_timeout(Some(Duration::from_millis(20)))?;
+                    // Room for a few hundred ms of replies while the
+                    // receiver waits for a core (capped by rmem_max).
+                    socket2::SockRef::from(&s).set_recv_buffer_size(PROBE_RCVBUF)?;
                     Ok(s)
                 })
                 .collect()
@@ -595,13 +803,14 @@ impl Probe {
         for (i, s) in sockets.iter().enumerate() {
             let s = s.try_clone()?;
             let stop = stop_recv.clone();
-            receivers.push(std::thread::spawn(move || receive(&s, i, &stop)));
+            receivers.push(std::thread::spawn(move || receive(&s, i, max, &stop)));
         }
         let stop = stop_send.clone();
         let started = Instant::now();
-        let sender = std::thread::spawn(move || send(&sockets, &stop));
+        let sender = std::thread::spawn(move || send(&sockets, every, max, &stop));
         Ok(Probe {
             started,
+            max,
             stop_send,
             stop_recv,
             sender,
@@ -639,26 +848,37 @@ fn parse_reply(reply: &[u8]) -> Option<(usize, usize)> {
     (words.next()? == "probe").then_some((vip, seq))
 }
 
-fn send(sockets: &[UdpSocket], stop: &AtomicBool) -> Vec<Instant> {
-    let mut sent = Vec::new();
+/// Sends one datagram to each socket every `every` (catching up after an
+/// oversleep, by [`PROBE_BURST`] at most), at most `max`; the send times.
+fn send(sockets: &[UdpSocket], every: Duration, max: usize, stop: &AtomicBool) -> Vec<Instant> {
+    use std::fmt::Write;
+    let mut sent = Vec::with_capacity(max.min(1 << 20));
+    let mut text = String::with_capacity(32);
     let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) && sent.len() < PROBE_MAX {
+    while !stop.load(Ordering::Relaxed) && sent.len() < max {
         let seq = sent.len();
         sent.push(Instant::now());
         for (i, s) in sockets.iter().enumerate() {
+            text.clear();
+            let _ = write!(text, "probe {i} {seq}");
             // A send error (e.g. an unresolved VIP) is a lost datagram.
-            let _ = s.send(payload(i, seq).as_bytes());
+            let _ = s.send(text.as_bytes());
         }
-        next += PROBE_EVERY;
+        next += every;
         let now = Instant::now();
         if next > now {
             std::thread::sleep(next - now);
+        } else if now - next > every * PROBE_BURST {
+            // Stalled: resume the pace instead of a burst that would
+            // overflow the backend's socket buffer (shows as a lower
+            // achieved rate, never as loss).
+            next = now;
         }
     }
     sent
 }
 
-fn receive(socket: &UdpSocket, vip: usize, stop: &AtomicBool) -> Vec<Option<Instant>> {
+fn receive(socket: &UdpSocket, vip: usize, max: usize, stop: &AtomicBool) -> Vec<Option<Instant>> {
     let mut replies: Vec<Option<Instant>> = Vec::new();
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
@@ -669,7 +889,7 @@ fn receive(socket: &UdpSocket, vip: usize, stop: &AtomicBool) -> Vec<Option<Inst
         let Some((v, seq)) = parse_reply(&buf[..n]) else {
             continue;
         };
-        if v != vip || seq >= PROBE_MAX {
+        if v != vip || seq >= max {
             continue;
         }
         if replies.len() <= seq {
@@ -724,8 +944,14 @@ pub fn gaps(start: Instant, sent: &[Instant], replies: &[Option<Instant>]) -> Ve
 
 /// One phase's measurements.
 struct Report {
+    pair: Pair,
     label: &'static str,
     planned: bool,
+    /// The sender's achieved rate per VIP (datagrams per second).
+    rate: f64,
+    /// Datagrams the client's and the backend's kernels dropped for full
+    /// socket buffers (the lab hosts, not the gateways).
+    host_drops: u64,
     /// (time from the stream's start, what happened).
     events: Vec<(Duration, String)>,
     /// Per VIP: datagrams sent and the gaps.
@@ -750,28 +976,39 @@ impl Report {
 struct Phase {
     label: &'static str,
     planned: bool,
+    /// Any loss fails the phase: vipgate's planned resign, and the
+    /// no-event baseline.
+    lossless: bool,
     probe: Probe,
     events: Vec<(Duration, String)>,
     masters: Vec<(String, String)>,
     problems: Vec<String>,
     /// Drop counters of each gateway at the start.
     drops_before: [BTreeMap<String, u64>; 2],
+    /// UDP socket-buffer drops of the client and the backend host at the
+    /// start.
+    rcvbuf_before: [u64; 2],
 }
 
 impl Phase {
     fn start(lab: &FailoverLab, label: &'static str, planned: bool) -> Result<Phase> {
         println!("\n{label}");
-        let probe = Probe::start(&lab.client)?;
+        let probe = Probe::start(&lab.client, lab.rate)?;
         let mut phase = Phase {
             label,
             planned,
+            lossless: planned && lab.pair == Pair::Vipgate,
             probe,
             events: Vec::new(),
             masters: Vec::new(),
             problems: Vec::new(),
             drops_before: Gw::BOTH.map(|g| lab.drops(g)),
+            rcvbuf_before: [&lab.client, &lab.backend].map(udp_rcvbuf_errors),
         };
-        phase.event("probe stream started (1 kpps per VIP)");
+        phase.event(format!(
+            "probe stream started ({} per VIP)",
+            fmt_rate(f64::from(lab.rate))
+        ));
         Ok(phase)
     }
 
@@ -816,6 +1053,7 @@ impl Phase {
                 .push("the VIPs did not end on their preferred gateways".into());
         }
         let start = self.probe.started;
+        let max = self.probe.max;
         let traces = self.probe.stop();
         for gw in Gw::BOTH {
             let before = &self.drops_before[gw.index()];
@@ -832,7 +1070,25 @@ impl Phase {
                 println!("  {} dataplane drops: {}", gw.label(), grown.join(", "));
             }
         }
+        let rcvbuf = [&lab.client, &lab.backend]
+            .map(udp_rcvbuf_errors)
+            .iter()
+            .zip(self.rcvbuf_before)
+            .map(|(now, before)| now.saturating_sub(before))
+            .collect::<Vec<_>>();
+        if rcvbuf.iter().any(|n| *n > 0) {
+            println!(
+                "  UDP socket-buffer drops (lab hosts, not the gateways): client {}, backend {}",
+                rcvbuf[0], rcvbuf[1]
+            );
+        }
         let sent = traces.first().map_or(0, |t| t.sent.len());
+        let rate = traces.first().map_or(0.0, |t| achieved_rate(&t.sent));
+        if sent >= max {
+            self.problems.push(format!(
+                "the probe stream hit its cap of {max} datagrams; the phase ran too long"
+            ));
+        }
         let gaps = [0, 1].map(|i| {
             traces
                 .get(i)
@@ -857,8 +1113,11 @@ impl Phase {
             }
         }
         let mut report = Report {
+            pair: lab.pair,
             label: self.label,
             planned: self.planned,
+            rate,
+            host_drops: rcvbuf.iter().sum(),
             events: self.events,
             sent,
             gaps,
@@ -866,13 +1125,17 @@ impl Phase {
             ok: false,
             problems: self.problems,
         };
-        if report.planned {
+        if self.lossless {
             for (i, (vip, _)) in VIPS.iter().enumerate() {
                 if report.lost(i) > 0 {
-                    report.problems.push(format!(
-                        "{vip}: planned switchover lost {} datagrams",
-                        report.lost(i)
-                    ));
+                    let what = if report.planned {
+                        "planned switchover"
+                    } else {
+                        "no-event baseline (the probe itself)"
+                    };
+                    report
+                        .problems
+                        .push(format!("{vip}: {what} lost {} datagrams", report.lost(i)));
                 }
             }
         }
@@ -885,6 +1148,49 @@ impl Phase {
     }
 }
 
+/// UDP datagrams the kernel of `ns` dropped for a full socket buffer
+/// (RcvbufErrors in /proc/net/snmp); 0 if unreadable.
+fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
+    // thread-self: the namespace of the thread `run` moved, not the
+    // process's.
+    ns.run(|| fs::read_to_string("/proc/thread-self/net/snmp"))
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|t| parse_rcvbuf_errors(&t))
+        .unwrap_or(0)
+}
+
+fn parse_rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|w| w == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// Datagrams per second from the first send to the last.
+fn achieved_rate(sent: &[Instant]) -> f64 {
+    match (sent.first(), sent.last()) {
+        (Some(a), Some(b)) if sent.len() > 1 => {
+            (sent.len() - 1) as f64 / b.saturating_duration_since(*a).as_secs_f64().max(1e-9)
+        }
+        _ => 0.0,
+    }
+}
+
+/// "1 kpps", "10 kpps", "9.98 kpps", "500 pps".
+fn fmt_rate(pps: f64) -> String {
+    if pps >= 1000.0 {
+        let k = pps / 1000.0;
+        if (k - k.round()).abs() < 1e-9 {
+            format!("{k:.0} kpps")
+        } else {
+            format!("{k:.2} kpps")
+        }
+    } else {
+        format!("{pps:.0} pps")
+    }
+}
+
 fn sleep_unless_interrupted(d: Duration) {
     let until = Instant::now() + d;
     while Instant::now() < until && !super::interrupted() {
@@ -892,7 +1198,7 @@ fn sleep_unless_interrupted(d: Duration) {
     }
 }
 
-fn scenario(lab: &mut FailoverLab) -> Result<Vec<Report>> {
+fn scenario(lab: &mut FailoverLab, baseline: bool) -> Result<Vec<Report>> {
     // Both gateways start as backup; wait for the preferred masters.
     for (instance, gw) in [("vip1", Gw::A), ("vip2", Gw::B)] {
         if lab.wait_master(gw, instance).is_none() {
@@ -906,7 +1212,15 @@ fn scenario(lab: &mut FailoverLab) -> Result<Vec<Report>> {
     warm_up(lab)?;
     let mut reports = Vec::new();
     type Step = fn(&mut FailoverLab) -> Result<Report>;
-    let steps: [Step; 3] = [phase_kill, phase_link_down, phase_resign];
+    let mut steps: Vec<Step> = Vec::new();
+    if baseline {
+        steps.push(phase_baseline);
+    }
+    steps.push(phase_kill);
+    if lab.pair == Pair::Keepalived {
+        steps.push(phase_crash);
+    }
+    steps.extend([phase_link_down as Step, phase_resign]);
     for step in steps {
         if super::interrupted() {
             break;
@@ -940,21 +1254,63 @@ fn warm_up(lab: &FailoverLab) -> Result<()> {
     Ok(())
 }
 
+/// (0) no event: the probe itself must lose nothing.
+fn phase_baseline(lab: &mut FailoverLab) -> Result<Report> {
+    let mut p = Phase::start(lab, "(0) baseline: no event", false)?;
+    p.lossless = true;
+    sleep_unless_interrupted(BASELINE);
+    p.event("baseline over");
+    Ok(p.finish(lab))
+}
+
 /// (a) SIGKILL of gw-a's daemon, restart, preemption.
 fn phase_kill(lab: &mut FailoverLab) -> Result<Report> {
-    let mut p = Phase::start(lab, "(a) gw-a's daemon killed with SIGKILL", false)?;
+    let label = match lab.pair {
+        Pair::Vipgate => "(a) gw-a's daemon killed with SIGKILL",
+        Pair::Keepalived => "(a) gw-a's keepalived killed with SIGKILL (kernel forwards on)",
+    };
+    kill_and_restart(lab, label, false)
+}
+
+/// (a+) keepalived only: SIGKILL of gw-a's keepalived with forwarding
+/// turned off at once, as when the daemon that dies is also the
+/// dataplane (vipgate's case in (a)); forwarding back on, restart.
+fn phase_crash(lab: &mut FailoverLab) -> Result<Report> {
+    let label = "(a+) gw-a's keepalived SIGKILL + ip_forward=0 (dataplane dies too)";
+    kill_and_restart(lab, label, true)
+}
+
+fn kill_and_restart(
+    lab: &mut FailoverLab,
+    label: &'static str,
+    forwarding_off: bool,
+) -> Result<Report> {
+    let daemon = lab.pair.label();
+    let mut p = Phase::start(lab, label, false)?;
     p.settle();
-    p.event("gw-a: SIGKILL to vipgate");
+    p.event(format!("gw-a: SIGKILL to {daemon}"));
     lab.kill_daemon(Gw::A);
-    p.event("gw-a: vipgate reaped");
+    if forwarding_off {
+        lab.set_forwarding(Gw::A, false)?;
+        p.event("gw-a: keepalived reaped, ip_forward=0");
+    } else {
+        p.event(format!("gw-a: {daemon} reaped"));
+    }
     p.wait_master(lab, Gw::B, "vip1", "the reaping");
     p.settle();
     p.snapshot(lab, "after the failure");
-    p.event("gw-a: vipgate restarting");
+    if forwarding_off {
+        lab.set_forwarding(Gw::A, true)?;
+        p.event("gw-a: ip_forward=1");
+    }
+    p.event(format!("gw-a: {daemon} restarting"));
     let restarted = lab.start_daemon(Gw::A);
     match restarted {
         Ok(()) => {
-            p.event("gw-a: vipgate answers on its control socket");
+            p.event(match lab.pair {
+                Pair::Vipgate => "gw-a: vipgate answers on its control socket",
+                Pair::Keepalived => "gw-a: keepalived's VRRP process runs",
+            });
             p.wait_master(lab, Gw::A, "vip1", "the restart");
         }
         Err(e) => p.problems.push(format!(
@@ -983,7 +1339,13 @@ fn phase_link_down(lab: &mut FailoverLab) -> Result<Report> {
 }
 
 /// (c) planned: `vrrp resign vip1` on gw-a, then `vrrp resume vip1`.
+/// keepalived has no resign command: SIGTERM (it sends priority 0 for
+/// every instance it masters and removes its VIPs), then a restart, as
+/// operators hand over with it.
 fn phase_resign(lab: &mut FailoverLab) -> Result<Report> {
+    if lab.pair == Pair::Keepalived {
+        return phase_keepalived_stop(lab);
+    }
     let mut p = Phase::start(
         lab,
         "(c) planned: vrrp resign vip1 on gw-a, then resume",
@@ -1010,6 +1372,43 @@ fn phase_resign(lab: &mut FailoverLab) -> Result<Report> {
     Ok(p.finish(lab))
 }
 
+/// (c) for keepalived: SIGTERM on gw-a, then restart.
+fn phase_keepalived_stop(lab: &mut FailoverLab) -> Result<Report> {
+    let mut p = Phase::start(
+        lab,
+        "(c) planned: keepalived SIGTERM on gw-a (priority 0), then restart",
+        true,
+    )?;
+    p.settle();
+    let mut stopping = lab.keepaliveds[Gw::A.index()].take();
+    if let Some(k) = &stopping {
+        k.terminate();
+    }
+    p.event("gw-a: SIGTERM to keepalived");
+    p.wait_master(lab, Gw::B, "vip1", "the SIGTERM");
+    match stopping.as_mut().map(|k| k.stop(Duration::from_secs(5))) {
+        Some(true) => p.event("gw-a: keepalived exited"),
+        _ => p
+            .problems
+            .push("gw-a's keepalived did not exit within 5 s of SIGTERM".into()),
+    }
+    drop(stopping);
+    p.settle();
+    p.snapshot(lab, "after the stop");
+    p.event("gw-a: keepalived restarting");
+    match lab.start_daemon(Gw::A) {
+        Ok(()) => {
+            p.event("gw-a: keepalived's VRRP process runs");
+            p.wait_master(lab, Gw::A, "vip1", "the restart");
+        }
+        Err(e) => p
+            .problems
+            .push(format!("gw-a's keepalived did not restart: {e:#}")),
+    }
+    p.settle();
+    Ok(p.finish(lab))
+}
+
 // ------------------------------------------------------------- output
 
 fn fmt_ms(d: Option<Duration>) -> String {
@@ -1027,7 +1426,17 @@ fn cause(events: &[(Duration, String)], at: Duration) -> &str {
 }
 
 fn print_report(r: &Report) {
-    println!("  {} datagrams sent per VIP", r.sent);
+    println!(
+        "  {} datagrams sent per VIP (sender achieved {})",
+        r.sent,
+        fmt_rate(r.rate)
+    );
+    if r.host_drops > 0 {
+        println!(
+            "  of the losses, {} were socket-buffer drops on the client or backend host",
+            r.host_drops
+        );
+    }
     for (i, (vip, _)) in VIPS.iter().enumerate() {
         if r.gaps[i].is_empty() {
             println!("  {vip}: lost 0");
@@ -1048,9 +1457,13 @@ fn print_report(r: &Report) {
     for p in &r.problems {
         println!("  PROBLEM: {p}");
     }
+    let pair = match r.pair {
+        Pair::Vipgate => "",
+        Pair::Keepalived => "pair=keepalived ",
+    };
     println!(
-        "RESULT phase={} planned={} vip1_lost={} vip2_lost={} ok={}",
-        r.label.get(1..2).unwrap_or("?"),
+        "RESULT {pair}phase={} planned={} vip1_lost={} vip2_lost={} ok={}",
+        phase_key(r.label),
         r.planned,
         r.lost(0),
         r.lost(1),
@@ -1058,15 +1471,96 @@ fn print_report(r: &Report) {
     );
 }
 
+/// "a" of "(a) ...", "a+" of "(a+) ...".
+fn phase_key(label: &str) -> &str {
+    label
+        .find(')')
+        .and_then(|end| label.get(1..end))
+        .unwrap_or("?")
+}
+
+/// "lost / window" of one VIP in one phase.
+fn cell(r: Option<&Report>, vip: usize) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) => format!("{} / {}", r.lost(vip), fmt_ms(r.longest(vip))),
+    }
+}
+
+/// vipgate's window over keepalived's.
+fn ratio(vg: Option<&Report>, ka: Option<&Report>, vip: usize) -> String {
+    let w = |r: Option<&Report>| r.map(|r| r.longest(vip));
+    match (w(vg), w(ka)) {
+        (Some(Some(v)), Some(Some(k))) if !k.is_zero() => {
+            format!("{:.2}", v.as_secs_f64() / k.as_secs_f64())
+        }
+        (Some(Some(_)), Some(None)) => "ka 0 lost".into(),
+        (Some(None), Some(Some(_))) => "0.00".into(),
+        _ => "-".into(),
+    }
+}
+
+/// Both pairs' phases side by side; vipgate's (a) stands against
+/// keepalived's (a) and (a+). Also `COMPARE ...` lines for scripts.
+fn print_comparison(vipgate: &[Report], keepalived: &[Report]) {
+    let find = |key: &str| vipgate.iter().find(|r| phase_key(r.label) == key);
+    println!(
+        "\ncomparison, vipgate pair vs keepalived pair, {} per VIP, adverts every 100 ms\n\
+         (cells: datagrams lost / longest window = last reply before a gap to the first after it;\n \
+         ratio = vipgate window / keepalived window; keepalived forwards with kernel NAT, no LVS: no ip_vs module)",
+        fmt_rate(f64::from(COMPARE_RATE))
+    );
+    println!(
+        "  {:<58} {:>16} {:>16} {:>9} {:>16} {:>16} {:>9}",
+        "phase (keepalived's label)",
+        "vip1 vipgate",
+        "vip1 keepalived",
+        "ratio",
+        "vip2 vipgate",
+        "vip2 keepalived",
+        "ratio"
+    );
+    for ka in keepalived {
+        let key = phase_key(ka.label);
+        let vg = find(if key == "a+" { "a" } else { key });
+        let ka = Some(ka);
+        println!(
+            "  {:<58} {:>16} {:>16} {:>9} {:>16} {:>16} {:>9}",
+            ka.map_or("", |r| r.label),
+            cell(vg, 0),
+            cell(ka, 0),
+            ratio(vg, ka, 0),
+            cell(vg, 1),
+            cell(ka, 1),
+            ratio(vg, ka, 1)
+        );
+        for (i, (vip, _)) in VIPS.iter().enumerate() {
+            let ms = |r: Option<&Report>| r.and_then(|r| r.longest(i)).map_or(0, |d| d.as_millis());
+            println!(
+                "COMPARE phase={key} vip={vip} vipgate_lost={} vipgate_window_ms={} keepalived_lost={} keepalived_window_ms={} vipgate_pps={:.0} keepalived_pps={:.0} vipgate_host_drops={} keepalived_host_drops={}",
+                vg.map_or(0, |r| r.lost(i)),
+                ms(vg),
+                ka.map_or(0, |r| r.lost(i)),
+                ms(ka),
+                vg.map_or(0.0, |r| r.rate),
+                ka.map_or(0.0, |r| r.rate),
+                vg.map_or(0, |r| r.host_drops),
+                ka.map_or(0, |r| r.host_drops),
+            );
+        }
+    }
+}
+
 fn print_summary(reports: &[Report]) {
     println!("\nsummary (loss per VIP; window = last reply before a gap to the first after it)");
+    let width = reports.iter().map(|r| r.label.len()).fold(44, usize::max);
     println!(
-        "  {:<44} {:>9} {:>10} {:>9} {:>10}  verdict",
+        "  {:<width$} {:>9} {:>10} {:>9} {:>10}  verdict",
         "phase", "vip1 lost", "vip1 win", "vip2 lost", "vip2 win"
     );
     for r in reports {
         println!(
-            "  {:<44} {:>9} {:>10} {:>9} {:>10}  {}",
+            "  {:<width$} {:>9} {:>10} {:>9} {:>10}  {}",
             r.label,
             r.lost(0),
             fmt_ms(r.longest(0)),
@@ -1116,6 +1610,28 @@ mod tests {
         );
         let all: Vec<Option<Instant>> = sent.iter().map(|t| Some(*t)).collect();
         assert!(gaps(s, &sent, &all).is_empty());
+    }
+
+    #[test]
+    fn rcvbuf_errors_parse_from_snmp() {
+        let snmp = "Ip: Forwarding\nIp: 1\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 10 0 7 12 5 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    UdpLite: 0 0 0 0 9 0\n";
+        assert_eq!(parse_rcvbuf_errors(snmp), Some(5));
+        assert_eq!(parse_rcvbuf_errors("Ip: x\n"), None);
+    }
+
+    #[test]
+    fn phase_keys_and_rates_read_well() {
+        assert_eq!(phase_key("(a+) gw-a's keepalived"), "a+");
+        assert_eq!(phase_key("(c) planned"), "c");
+        assert_eq!(fmt_rate(1000.0), "1 kpps");
+        assert_eq!(fmt_rate(9_981.0), "9.98 kpps");
+        let s = Instant::now();
+        let sent: Vec<Instant> = (0..11).map(|i| at(s, i)).collect();
+        assert!((achieved_rate(&sent) - 1000.0).abs() < 1.0);
     }
 
     #[test]

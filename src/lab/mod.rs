@@ -23,6 +23,7 @@
 //! every path.
 
 mod failover;
+mod keepalived;
 mod scenario;
 pub mod serve;
 
@@ -140,6 +141,9 @@ pub fn main(command: LabCommand) -> Result<ExitCode> {
             watch_signals()?;
             if scenario == scenario::Scenario::Failover {
                 return failover::run(&name, workers);
+            }
+            if scenario == scenario::Scenario::FailoverCompare {
+                return failover::run_compare(&name, workers);
             }
             let lab = Lab::up(&name, workers)?;
             println!("{}", lab.describe());

@@ -20,6 +20,9 @@ pub enum Scenario {
     /// client link, and resigns vip1 (planned: no loss); passes when both
     /// VIPs are served throughout except for the reported windows.
     Failover,
+    /// The failover phases at 10 kpps per VIP, first with the vipgate
+    /// pair, then with a keepalived pair (kernel NAT), side by side.
+    FailoverCompare,
 }
 
 /// One kind of request the client sends.
@@ -83,7 +86,7 @@ pub fn run(scenario: Scenario, lab: &Lab, requests: u32) -> Result<bool> {
     match scenario {
         Scenario::Smoke => smoke(lab, requests),
         // Runs on its own topology (see `super::failover`).
-        Scenario::Failover => Ok(false),
+        Scenario::Failover | Scenario::FailoverCompare => Ok(false),
     }
 }
 
