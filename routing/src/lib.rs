@@ -1,0 +1,25 @@
+//! vipgate-routing: the BGP speaker that announces vipgate's VIPs to
+//! upstream routers.
+//!
+//! What this crate owns:
+//! - [`wire`]: a thin, typed layer over `netgauze-bgp-pkt`. A byte-stream
+//!   [`wire::Framer`], small `Repr` types for the messages vipgate sends and
+//!   reads ([`wire::Message`], [`wire::OpenRepr`], [`wire::UpdateRepr`],
+//!   [`wire::NotificationRepr`]), and the mapping from decoding errors to the
+//!   RFC 4271 section 6 NOTIFICATION or the RFC 7606 treat-as-withdraw
+//!   verdict. No other part of vipgate touches netgauze types.
+//! - [`session`]: one BGP connection's finite state machine (RFC 4271
+//!   section 8), sans-IO in the quinn-proto style: the caller passes `now`
+//!   and bytes in, and polls bytes to write, transport commands, application
+//!   events and the next timeout out. Connection collision resolution
+//!   (RFC 4271 section 6.8) is a pure helper, [`session::collision_winner`].
+//!
+//! What it must not touch: sockets, clocks, threads, the dataplane or the
+//! daemon's configuration types. The tokio TCP transport (with MD5/GTSM),
+//! the Adj-RIB-Out, announcement policy, daemon wiring and the CLI are
+//! separate layers built on top of [`session::Session`].
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod session;
+pub mod wire;
