@@ -2201,7 +2201,7 @@ mod tests {
         let mut live: Vec<(ClientEndpoint, ConnId)> = Vec::new();
         for round in 0..20_000u32 {
             rng = splitmix64(rng);
-            let fill = live.len() < t.capacity() && (rng % 3 != 0 || live.len() < 100);
+            let fill = live.len() < t.capacity() && (!rng.is_multiple_of(3) || live.len() < 100);
             if fill {
                 let c = tcp(round % 100_000);
                 let c = ClientEndpoint {

@@ -627,12 +627,16 @@ mod tests {
     fn endpoint_map_finds_every_key_and_only_those() {
         let mut m = EndpointMap::with_capacity(300);
         let key = |i: u32| {
-            let addr = if i % 2 == 0 {
+            let addr = if i.is_multiple_of(2) {
                 a(&format!("198.18.{}.{}", i / 256, i % 256))
             } else {
                 a(&format!("2001:db8::{i:x}"))
             };
-            (addr, (i % 7) as u16, if i % 3 == 0 { 6 } else { 17 })
+            (
+                addr,
+                (i % 7) as u16,
+                if i.is_multiple_of(3) { 6 } else { 17 },
+            )
         };
         for i in 0..300 {
             let (addr, port, proto) = key(i);

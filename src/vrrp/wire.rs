@@ -615,7 +615,7 @@ fn check_representable(advert: &Advert, family: Family) -> Result<u8, EmitError>
         Version::V3 => (1..=MAX_INTERVAL_V3_CS).contains(&advert.interval_cs),
         Version::V2 => {
             (100..=MAX_INTERVAL_V2_CS).contains(&advert.interval_cs)
-                && advert.interval_cs % 100 == 0
+                && advert.interval_cs.is_multiple_of(100)
         }
     };
     if !interval_ok {

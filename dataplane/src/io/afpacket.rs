@@ -167,12 +167,12 @@ impl RingConfig {
 
     fn check(&self, page_size: usize) -> io::Result<()> {
         let page = u32::try_from(page_size).unwrap_or(4096);
-        let problem = if self.block_size == 0 || self.block_size % page != 0 {
+        let problem = if self.block_size == 0 || !self.block_size.is_multiple_of(page) {
             format!(
                 "block_size {} is not a multiple of the page size {page}",
                 self.block_size
             )
-        } else if self.frame_size % 16 != 0 || self.frame_size < FRAME_HEADROOM + 64 {
+        } else if !self.frame_size.is_multiple_of(16) || self.frame_size < FRAME_HEADROOM + 64 {
             format!(
                 "frame_size {} must be a multiple of 16 and at least {}",
                 self.frame_size,
