@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -38,7 +39,7 @@ use vipgate_dataplane::worker::{self, Tables, WorkerEvent, WorkerHandle};
 
 use crate::config::{self, Config, InterfaceRole, IoBackend, Protocol, Scheduler, VipMode};
 use crate::control::{ControlServer, Handler};
-use crate::netlink::{Family, Link, RtNetlink};
+use crate::netlink::{Family, Link, RouteSocket, RtNetlink};
 use crate::privileges;
 use crate::sys::{self, IngressFilter, NftIngressGuard, Offload, OffloadGuard, SystemChanges};
 use crate::vrrp::{
@@ -206,6 +207,16 @@ fn run_with(
 /// Longest a VIP move waits for every worker to use the new snapshot.
 const SNAPSHOT_ACK_WAIT: Duration = Duration::from_millis(60);
 
+/// A socket that hears link and route changes (`RTNLGRP_LINK`,
+/// `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`).
+fn route_events() -> std::io::Result<RouteSocket> {
+    let mut sock = RouteSocket::open()?;
+    for group in [1, 7, 11] {
+        sock.join_group(group)?;
+    }
+    Ok(sock)
+}
+
 /// Rebuilds and publishes the service snapshot whenever VRRP moves a VIP,
 /// and returns once every worker handles packets with it (or after
 /// [`SNAPSHOT_ACK_WAIT`]): the VRRP thread sends gratuitous ARPs only then,
@@ -256,8 +267,28 @@ fn control_loop(
     let mut generation = 1;
     let mut last_mirror = Instant::now();
     let mut asked: HashMap<(u32, Addr16), Instant> = HashMap::new();
+    // Link and route changes re-mirror at once (a link that comes back
+    // must be routable before VRRP makes this node master again), not only
+    // every MIRROR_EVERY.
+    let mut changes = match route_events() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "not watching link and route events; mirroring every second only");
+            None
+        }
+    };
+    let mut notifications = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut refresh = false;
+        if let Some(sock) = changes.as_mut() {
+            while matches!(vrrp::socket::poll_readable(&[sock.as_raw_fd()], Duration::ZERO), Ok(r) if !r.is_empty())
+            {
+                notifications.clear();
+                // ENOBUFS (events lost) means re-reading, which follows.
+                let _ = sock.recv_notifications(&mut notifications);
+                refresh = true;
+            }
+        }
         match events.recv_timeout(Duration::from_millis(100)) {
             Ok(WorkerEvent::NeighbourMiss { ifindex, addr }) => {
                 let again = asked
