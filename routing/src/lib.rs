@@ -21,5 +21,6 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod rib;
 pub mod session;
 pub mod wire;
