@@ -23,4 +23,7 @@
 
 pub mod rib;
 pub mod session;
+mod sockopt;
+pub mod speaker;
+pub mod transport;
 pub mod wire;
