@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{
-    load_and_validate, validate_str, Config, GarpConfig, InterfaceAddress, InterfaceRole, Protocol,
-    Scheduler, SyncGroupConfig, SystemInterface, SystemView, TrackConfig, TrackKind, VipMode,
-    VrrpChecksum, VrrpConfig, VrrpInstanceConfig, VrrpVersion,
+    load_and_validate, validate_str, AddressFamily, AnnounceConfig, AnnounceMode, BgpConfig,
+    BgpPeerConfig, Config, DrainConfig, GarpConfig, InterfaceAddress, InterfaceRole, IpPrefix,
+    Protocol, Scheduler, SyncGroupConfig, SystemInterface, SystemView, TrackConfig, TrackKind,
+    VipMode, VrrpChecksum, VrrpConfig, VrrpInstanceConfig, VrrpVersion,
 };
 
 fn configs_dir() -> PathBuf {
@@ -124,6 +125,7 @@ fn lab_mirrors_the_original_experiment() {
         Duration::from_secs(900)
     );
     assert_eq!(config.vrrp, VrrpConfig::default(), "the lab has no VRRP");
+    assert_eq!(config.bgp, BgpConfig::default(), "the lab has no BGP");
 }
 
 #[test]
@@ -420,6 +422,178 @@ const CASES: &[Case] = &[
         ],
     },
 ];
+
+/// Lines 1-16 of every broken `[bgp]` config: [`head!`], the service
+/// "web" on 198.18.10.10:80, and the `[bgp]` header on line 17. Line 18 is
+/// the first line of the case.
+macro_rules! bgp {
+    ($rest:literal) => {
+        head!(
+            "[[service]]\n",
+            "name = \"web\"\n",
+            "vip = \"198.18.10.10\"\n",
+            "port = 80\n",
+            "[[service.backend]]\n",
+            "address = \"198.18.20.2\"\n",
+            "[bgp]\n",
+            $rest
+        )
+    };
+}
+
+const BGP_CASES: &[Case] = &[
+    Case {
+        what: "bgp: unknown keys and other speakers' words",
+        source: bgp!("local_as = 64512\nneighbor = \"198.18.0.254\"\nhold_tme = \"90s\"\n[bgp.drain]\ndealy = \"1s\"\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\npeer_as = 64500\nlocal_as = 1\nremote-as = 1\n[[bgp.announce]]\nprefix = \"198.18.10.10/32\"\ncomunities = []\n"),
+        expected: &[
+            "b.toml:19:1: bgp.neighbor: vipgate calls BGP neighbours peers; write each neighbour as a [[bgp.peer]] with address and remote_as",
+            "b.toml:20:1: bgp.hold_tme: unknown key \"hold_tme\" in [bgp]; expected one of local_as, router_id, listen, mode, hold_time, ttl_security, communities, large_communities, med, prepend, drain, peer, announce (did you mean \"hold_time\"?)",
+            "b.toml:22:1: bgp.drain.dealy: unknown key \"dealy\" in [bgp.drain]; expected one of delay, prepend, med (did you mean \"delay\"?)",
+            "b.toml:26:1: bgp.peer[0].peer_as: the peer's AS is called remote_as; write remote_as = 64500",
+            "b.toml:27:1: bgp.peer[0].local_as: local_as is set once for the speaker, in [bgp]; move local_as to [bgp] (one AS per node)",
+            "b.toml:28:1: bgp.peer[0].remote-as: unknown key \"remote-as\" in [[bgp.peer]]; expected one of name, address, port, remote_as, local_address, passive, hold_time, md5_password, ttl_security, families, med, local_pref, communities, large_communities, prepend, next_hop_v6 (did you mean \"remote_as\"?)",
+            "b.toml:31:1: bgp.announce[0].comunities: unknown key \"comunities\" in [[bgp.announce]]; expected one of prefix, communities, large_communities, med (did you mean \"communities\"?)",
+        ],
+    },
+    Case {
+        what: "bgp: missing keys and ranges",
+        source: bgp!("mode = \"ecmpp\"\nrouter_id = \"2001:db8::1\"\nlisten = \"0.0.0.0:0\"\n[bgp.drain]\ndelay = \"2h\"\nprepend = 17\n[[bgp.peer]]\nname = \"a b\"\n[[bgp.peer]]\naddress = \"198.18.0.253\"\nremote_as = 23456\nport = 0\nhold_time = \"2s\"\nmd5_password = \"\"\n[[bgp.peer]]\naddress = \"198.18.0.252\"\nremote_as = 0\nhold_time = \"1500ms\"\nlocal_pref = -1\n"),
+        expected: &[
+            "b.toml:17:1: bgp.local_as: missing key \"local_as\" in [bgp]; add local_as = 64512",
+            "b.toml:18:8: bgp.mode: unknown announce mode \"ecmpp\"; expected one of ecmp, vrrp (did you mean \"ecmp\"?)",
+            "b.toml:19:13: bgp.router_id: router_id \"2001:db8::1\" is an IPv6 address; a BGP identifier is 32 bits; write the identifier as a non-zero IPv4 address, usually one of this node's, e.g. router_id = \"198.18.0.2\"",
+            "b.toml:20:10: bgp.listen: listen \"0.0.0.0:0\" has port 0; use the BGP port: listen = \"0.0.0.0:179\"",
+            "b.toml:22:9: bgp.drain.delay: delay 2h is out of range; use a duration from 0s to 1h",
+            "b.toml:23:11: bgp.drain.prepend: prepend 17 is out of range 0..=16; use 0 to 16 extra copies of local_as in the AS path",
+            "b.toml:24:1: bgp.peer[0].address: missing key \"address\" in [[bgp.peer]]; add address = \"198.18.0.254\"",
+            "b.toml:24:1: bgp.peer[0].remote_as: missing key \"remote_as\" in [[bgp.peer]]; add remote_as = 64500",
+            "b.toml:25:8: bgp.peer[0].name: invalid name \"a b\"; use 1 to 63 of the characters A-Z a-z 0-9 - _ ., e.g. name = \"web-1\"",
+            "b.toml:28:13: bgp.peer[1].remote_as: remote_as 23456 is AS_TRANS, which stands in for 4-octet AS numbers and is no AS of its own; use the real AS number, e.g. remote_as = 64500",
+            "b.toml:29:8: bgp.peer[1].port: port 0 is out of range 1..=65535; use the port the peer listens on, 1 to 65535 (BGP: 179)",
+            "b.toml:30:13: bgp.peer[1].hold_time: hold_time 2s is shorter than the 3s RFC 4271 allows; use \"0s\" (no keepalives) or 3s to 65535s in whole seconds, e.g. hold_time = \"90s\"",
+            "b.toml:31:16: bgp.peer[1].md5_password: md5_password is 0 bytes long; a TCP MD5 key is 1 to 80 bytes; use the key the peer has, 1 to 80 bytes, or remove md5_password",
+            "b.toml:34:13: bgp.peer[2].remote_as: remote_as 0 is out of range 1..=4294967295; use an AS number from 1 to 4294967295 (not 23456, AS_TRANS)",
+            "b.toml:35:13: bgp.peer[2].hold_time: hold_time 1s500ms is not a whole number of seconds; use \"0s\" (no keepalives) or 3s to 65535s in whole seconds, e.g. hold_time = \"90s\"",
+            "b.toml:36:14: bgp.peer[2].local_pref: local_pref -1 is out of range 0..=4294967295; use 0 to 4294967295 (higher is preferred)",
+        ],
+    },
+    Case {
+        what: "bgp: communities, families, addresses and prefixes",
+        source: bgp!("local_as = 64512\ncommunities = [\"65000:70000\", \"65000\"]\nlarge_communities = [\"1:2\", \"1:2:4294967296\"]\n[[bgp.peer]]\naddress = \"224.0.0.5\"\nremote_as = 64500\n[[bgp.peer]]\naddress = \"fe80::1\"\nremote_as = 64500\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\nfamilies = [\"ipv4-unicast\", \"ipv6-multicast\"]\nnext_hop_v6 = \"198.18.0.1\"\n[[bgp.peer]]\naddress = \"198.18.0.250\"\nremote_as = 64500\nfamilies = []\nrouter_id = \"0.0.0.0\"\n[[bgp.announce]]\nprefix = \"198.18.10.5/24\"\n[[bgp.announce]]\nprefix = \"0.0.0.0/0\"\n[[bgp.announce]]\nprefix = \"198.18.10.10/33\"\ncommunities = [\"x:1\"]\n"),
+        expected: &[
+            "b.toml:19:16: bgp.communities[0]: \"65000:70000\" has 70000, above 65535; each half of a community is 0 to 65535; for 32-bit values use large_communities = [\"65000:70000:0\"]",
+            "b.toml:19:31: bgp.communities[1]: \"65000\" is not a community ASN:VALUE; write communities as two numbers, e.g. communities = [\"65000:100\"] (large communities go in large_communities)",
+            "b.toml:20:22: bgp.large_communities[0]: \"1:2\" is not a large community GLOBAL:LOCAL1:LOCAL2; write large communities as three numbers, e.g. large_communities = [\"65000:1:2\"]",
+            "b.toml:20:29: bgp.large_communities[1]: \"1:2:4294967296\" has 4294967296, above 4294967295; each part of a large community is 0 to 4294967295",
+            "b.toml:22:11: bgp.peer[0].address: address 224.0.0.5 is a multicast address; use a unicast address, e.g. 198.18.0.254 or 2001:db8::fe",
+            "b.toml:25:11: bgp.peer[1].address: address fe80::1 is an IPv6 link-local address (a session to one needs an interface scope, which vipgate does not take); use a unicast address, e.g. 198.18.0.254 or 2001:db8::fe",
+            "b.toml:30:29: bgp.peer[2].families[1]: unknown address family \"ipv6-multicast\"; expected ipv4-unicast or ipv6-unicast (did you mean \"ipv6-unicast\"?)",
+            "b.toml:31:15: bgp.peer[2].next_hop_v6: next_hop_v6 198.18.0.1 is an IPv4 address; use a global IPv6 address of this node on the link towards the peer, e.g. next_hop_v6 = \"2001:db8::2\"",
+            "b.toml:35:12: bgp.peer[3].families: families is empty: the session would carry no routes; list what the session carries, e.g. families = [\"ipv4-unicast\", \"ipv6-unicast\"], or remove families for the peer address's family",
+            "b.toml:36:1: bgp.peer[3].router_id: unknown key \"router_id\" in [[bgp.peer]]; expected one of name, address, port, remote_as, local_address, passive, hold_time, md5_password, ttl_security, families, med, local_pref, communities, large_communities, prepend, next_hop_v6",
+            "b.toml:38:10: bgp.announce[0].prefix: prefix \"198.18.10.5/24\" has bits set after the prefix length; write the network: prefix = \"198.18.10.0/24\", or the VIP as a host route",
+            "b.toml:40:10: bgp.announce[1].prefix: prefix 0.0.0.0/0 is a default route; announce the VIPs (/32, /128) or an aggregate that covers them, never a default route: the routers would send everything here",
+            "b.toml:42:10: bgp.announce[2].prefix: prefix \"198.18.10.10/33\" is longer than 32 bits; use a length of at most 32, e.g. /32 for one VIP",
+            "b.toml:43:16: bgp.announce[2].communities[0]: \"x:1\" has \"x\", not a number; write communities as two numbers, e.g. communities = [\"65000:100\"]",
+        ],
+    },
+    Case {
+        what: "bgp: peers against each other",
+        source: bgp!("local_as = 64512\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\n[[bgp.peer]]\nname = \"198.18.0.254\"\naddress = \"198.18.0.253\"\nremote_as = 64500\n[[bgp.peer]]\nname = \"second\"\naddress = \"198.18.0.254\"\nremote_as = 64501\n[[bgp.peer]]\nname = \"other-port\"\naddress = \"198.18.0.254\"\nport = 1179\nremote_as = 64501\n"),
+        expected: &[
+            "b.toml:23:8: bgp.peer[1].name: peer name \"198.18.0.254\" is used twice (first at line 20); give each [[bgp.peer]] its own name (the default name is the address)",
+            "b.toml:28:11: bgp.peer[2].address: peer 198.18.0.254:179 is already configured as \"198.18.0.254\" (line 19); one session per peer: merge the two [[bgp.peer]] entries",
+        ],
+    },
+    Case {
+        what: "bgp: iBGP and eBGP keys, families and local addresses",
+        source: bgp!("local_as = 64512\nprepend = 2\n[[bgp.peer]]\nname = \"ebgp\"\naddress = \"198.18.0.254\"\nremote_as = 64500\nlocal_pref = 200\nlocal_address = \"2001:db8::1\"\n[[bgp.peer]]\nname = \"ibgp\"\naddress = \"198.18.0.253\"\nremote_as = 64512\nlocal_pref = 200\nprepend = 1\n[[bgp.peer]]\nname = \"ibgp-inherits\"\naddress = \"198.18.0.252\"\nremote_as = 64512\nnext_hop_v6 = \"2001:db8::1\"\nfamilies = [\"ipv4-unicast\", \"ipv4-unicast\"]\n"),
+        expected: &[
+            "b.toml:24:14: bgp.peer[0].local_pref: local_pref is sent to iBGP peers only; this peer is eBGP (remote_as 64500 and local_as 64512); remove local_pref, and steer an eBGP peer with med or prepend",
+            "b.toml:25:17: bgp.peer[0].local_address: local_address 2001:db8::1 is IPv6 but the peer address 198.18.0.254 is IPv4; a session has one address family: use an IPv4 address of this node",
+            "b.toml:31:11: bgp.peer[1].prepend: prepend 1 on an iBGP peer (remote_as 64512 is local_as): the peer would see its own AS in the path and drop the route; remove prepend, and steer an iBGP peer with local_pref or med",
+            "b.toml:36:15: bgp.peer[2].next_hop_v6: next_hop_v6 2001:db8::1 is set but the session carries no ipv6-unicast routes; remove next_hop_v6, or add \"ipv6-unicast\" to families",
+            "b.toml:37:29: bgp.peer[2].families[1]: family ipv4-unicast is listed twice (first at line 37); remove one of them",
+        ],
+    },
+    Case {
+        what: "bgp: passive sessions",
+        source: bgp!("local_as = 64512\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\npassive = true\nport = 1179\n[[bgp.peer]]\naddress = \"2001:db8::fe\"\nremote_as = 64500\npassive = true\n"),
+        expected: &[
+            "b.toml:22:11: bgp.peer[0].passive: passive = true waits for the peer to connect, but [bgp] has no listen; add listen = \"0.0.0.0:179\" to [bgp], or remove passive",
+            "b.toml:23:8: bgp.peer[0].port: port 1179 is where vipgate connects to, but a passive peer is never connected to; remove port (the peer connects to [bgp] listen), or remove passive",
+            "b.toml:27:11: bgp.peer[1].passive: passive = true waits for the peer to connect, but [bgp] has no listen; add listen = \"[::]:179\" to [bgp], or remove passive",
+        ],
+    },
+    Case {
+        what: "bgp: listen family",
+        source: bgp!("local_as = 64512\nlisten = \"198.18.0.1\"\n[[bgp.peer]]\naddress = \"2001:db8::fe\"\nremote_as = 64500\npassive = true\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\npassive = true\n"),
+        expected: &[
+            "b.toml:23:11: bgp.peer[0].passive: passive = true waits for an IPv6 connection, but [bgp] listen 198.18.0.1:179 accepts IPv4 only; listen on \"[::]:179\" (IPv4 and IPv6), or on an address of the peer's family",
+        ],
+    },
+    Case {
+        what: "bgp: announcements",
+        source: bgp!("local_as = 64512\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\n[[bgp.announce]]\nprefix = \"198.18.10.0/24\"\n[[bgp.announce]]\nprefix = \"198.18.99.0/24\"\n[[bgp.announce]]\nprefix = \"198.18.10.0/24\"\n[[bgp.announce]]\nprefix = \"2001:db8:10::10/128\"\n[[service]]\nname = \"web6\"\nvip = \"2001:db8:10::10\"\nport = 80\n[[service.backend]]\naddress = \"2001:db8:20::2\"\n"),
+        expected: &[
+            "b.toml:25:10: bgp.announce[1].prefix: prefix 198.18.99.0/24 covers no service vip: it announces nothing of ours; announce the vip of a [[service]] (e.g. prefix = \"198.18.10.10/32\") or an aggregate that covers some",
+            "b.toml:27:10: bgp.announce[2].prefix: prefix 198.18.10.0/24 is announced twice (first at line 23); merge the two [[bgp.announce]] entries",
+            "b.toml:29:10: bgp.announce[3].prefix: no [[bgp.peer]] carries ipv6-unicast: prefix 2001:db8:10::10/128 would reach no router; add \"ipv6-unicast\" to the families of a peer, or remove this [[bgp.announce]]",
+        ],
+    },
+    Case {
+        what: "bgp: mode vrrp without [vrrp]",
+        source: bgp!("local_as = 64512\nmode = \"vrrp\"\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\n"),
+        expected: &[
+            "b.toml:19:8: bgp.mode: mode \"vrrp\" announces a VIP while this node is VRRP master for it, but the file has no [[vrrp.instance]]; add a [vrrp] section with a [[vrrp.instance]] holding the VIPs, or use mode = \"ecmp\"",
+        ],
+    },
+    Case {
+        what: "bgp: mode vrrp with a VIP outside every instance",
+        source: bgp!("local_as = 64512\nmode = \"vrrp\"\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\n[[service]]\nname = \"web2\"\nvip = \"198.18.10.11\"\nport = 80\n[[service.backend]]\naddress = \"198.18.20.2\"\n[[service]]\nname = \"dns2\"\nvip = \"198.18.10.11\"\nport = 53\nprotocol = \"udp\"\n[[service.backend]]\naddress = \"198.18.20.2\"\n[[vrrp.instance]]\nname = \"vip1\"\ninterface = \"vg-cli\"\nvrid = 51\nvips = [\"198.18.10.10\"]\n"),
+        expected: &[
+            "b.toml:25:7: service[1].vip: vip 198.18.10.11 is announced in BGP mode \"vrrp\" (line 19) but belongs to no [[vrrp.instance]]; add \"198.18.10.11\" to the vips of the [[vrrp.instance]] that should carry it, or use mode = \"ecmp\"",
+        ],
+    },
+    Case {
+        what: "bgp: mode vrrp counts only what [[bgp.announce]] covers",
+        source: bgp!("local_as = 64512\nmode = \"vrrp\"\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\n[[bgp.announce]]\nprefix = \"198.18.10.10\"\n[[service]]\nname = \"web2\"\nvip = \"198.18.10.11\"\nport = 80\n[[service.backend]]\naddress = \"198.18.20.2\"\n[[vrrp.instance]]\nname = \"vip1\"\ninterface = \"vg-cli\"\nvrid = 51\nvips = [\"198.18.10.10\"]\n"),
+        expected: &[],
+    },
+    Case {
+        what: "bgp: a section without peers",
+        source: bgp!("local_as = 64512\n"),
+        expected: &[
+            "b.toml:17:1: bgp.peer: [bgp] has no [[bgp.peer]]: nothing would be announced; add a [[bgp.peer]] with address and remote_as for each upstream router, or remove [bgp]",
+        ],
+    },
+    Case {
+        what: "bgp: against the system",
+        source: bgp!("local_as = 64512\nlisten = \"198.18.0.9:179\"\nttl_security = true\n[[bgp.peer]]\naddress = \"198.18.0.1\"\nremote_as = 64500\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\nlocal_address = \"198.18.0.9\"\nnext_hop_v6 = \"2001:db8::9\"\nfamilies = [\"ipv4-unicast\", \"ipv6-unicast\"]\n[[bgp.peer]]\naddress = \"198.18.30.254\"\nremote_as = 64500\nfamilies = [\"ipv4-unicast\", \"ipv6-unicast\"]\n[[bgp.peer]]\naddress = \"198.18.99.1\"\nremote_as = 64500\n[[bgp.peer]]\naddress = \"2001:db8:99::1\"\nremote_as = 64500\nttl_security = false\nfamilies = [\"ipv6-unicast\", \"ipv4-unicast\"]\n"),
+        expected: &[
+            "b.toml:19:10: bgp.listen: listen 198.18.0.9 is not an address of this system; use an address of this node (198.18.0.1, 198.18.20.1, 198.18.30.1), e.g. listen = \"198.18.0.1\", or add 198.18.0.9 to a link",
+            "b.toml:22:11: bgp.peer[0].address: peer 198.18.0.1 is an address of this node (interface \"vg-cli\"); use the address of the upstream router",
+            "b.toml:27:17: bgp.peer[1].local_address: local_address 198.18.0.9 is not an address of this system; use an address of this node (198.18.0.1, 198.18.20.1, 198.18.30.1), e.g. local_address = \"198.18.0.1\", or add 198.18.0.9 to a link",
+            "b.toml:28:15: bgp.peer[1].next_hop_v6: next_hop_v6 2001:db8::9 is not an address of this system; use an address of this node (2001:db8::1, 2001:db8:20::1), e.g. next_hop_v6 = \"2001:db8::1\", or add 2001:db8::9 to a link",
+            "b.toml:33:29: bgp.peer[2].families[1]: ipv6-unicast over an IPv4 session needs an IPv6 next hop: link \"eth2\" towards the peer has no global IPv6 address; set next_hop_v6 to an IPv6 address of this node, or add an IPv6 address to eth2",
+            "b.toml:35:11: bgp.peer[3].address: ttl_security (set in [bgp]) needs a directly connected peer, and no link's subnet holds 198.18.99.1; set ttl_security = false for this peer, or peer with the router's address on a shared link",
+            "b.toml:41:29: bgp.peer[4].families[1]: ipv4-unicast over an IPv6 session needs an IPv4 next hop: no link's subnet holds 2001:db8:99::1 to take one from; set local_address to this node's address on a link that has an IPv4 address, or remove \"ipv4-unicast\" (IPv4 routes with an IPv6 next hop, RFC 8950, are not supported)",
+        ],
+    },
+];
+
+#[test]
+fn broken_bgp_configs_produce_the_expected_errors() {
+    let failures: Vec<String> = BGP_CASES
+        .iter()
+        .filter_map(|case| {
+            check_case(case)
+                .err()
+                .map(|e| format!("--- {}:\n{e}", case.what))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
 
 fn check_case(case: &Case) -> Result<(), String> {
     let got: Vec<String> = match validate_str(case.source, "b.toml", Some(&broken_view())) {
@@ -772,6 +946,372 @@ proptest::proptest! {
         .to_string();
         for i in picks {
             source.push_str(VRRP_LINES[i]);
+            source.push('\n');
+        }
+        if let Err(errors) = validate_str(&source, "f.toml", Some(&broken_view())) {
+            let lines = source.lines().count() + 1;
+            for e in errors.iter() {
+                let at = e.location.expect("text errors have a position");
+                proptest::prop_assert!(at.line <= lines, "{e} beyond {lines}");
+                proptest::prop_assert!(!e.help.is_empty(), "{e}");
+                proptest::prop_assert!(!e.message.contains("internal error"), "{e}\n{source}");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_node_experiment_announces_every_vip_for_ecmp() {
+    let config = load_example("two-node-experiment.toml");
+    let bgp = &config.bgp;
+    assert_eq!(bgp.mode, AnnounceMode::Ecmp, "both nodes announce: ECMP");
+    assert_eq!(bgp.local_as, Some(64_512));
+    let [peer] = &bgp.peers[..] else {
+        panic!("one upstream peer: {:?}", bgp.peers)
+    };
+    assert_eq!(peer.address, "198.18.0.254".parse::<IpAddr>().expect("ip"));
+    assert_eq!(peer.remote_as, 64_500);
+    assert!(!peer.is_ibgp(64_512));
+    assert!(peer.carries(AddressFamily::Ipv6Unicast), "the IPv6 VIP too");
+    let announced: Vec<String> = config
+        .bgp_announcements()
+        .iter()
+        .map(|a| a.prefix.to_string())
+        .collect();
+    assert_eq!(
+        announced,
+        ["198.18.10.10/32", "198.18.10.11/32", "2001:db8:10::10/128"]
+    );
+}
+
+/// Every `[bgp]` key, inherited and overridden, against the model values.
+const FULL_BGP: &str = head!(
+    "[[service]]\n",
+    "name = \"web\"\n",
+    "vip = \"198.18.10.10\"\n",
+    "port = 80\n",
+    "[[service.backend]]\n",
+    "address = \"198.18.20.2\"\n",
+    "[[service]]\n",
+    "name = \"web-v6\"\n",
+    "vip = \"2001:db8:10::10\"\n",
+    "port = 80\n",
+    "[[service.backend]]\n",
+    "address = \"2001:db8:20::2\"\n",
+    r#"
+[bgp]
+local_as = 4200000000
+router_id = "198.18.0.1"
+listen = "[::]:1179"
+mode = "ecmp"
+hold_time = "30s"
+ttl_security = true
+communities = ["64512:100", "0:0"]
+large_communities = ["4200000000:1:2"]
+med = 50
+prepend = 1
+
+[bgp.drain]
+delay = "0s"
+prepend = 16
+med = 4294967295
+
+[[bgp.peer]]
+name = "upstream-a"
+address = "198.18.0.254"
+port = 1179
+remote_as = 64500
+local_address = "198.18.0.1"
+md5_password = "s3cret with spaces"
+families = ["ipv6-unicast", "ipv4-unicast"]
+next_hop_v6 = "2001:db8::1"
+communities = []
+prepend = 3
+hold_time = "0s"
+
+[[bgp.peer]]
+address = "2001:db8::fe"
+remote_as = 4200000000
+passive = true
+local_pref = 200
+med = 0
+large_communities = ["1:2:3", "4:5:6"]
+ttl_security = false
+
+[[bgp.peer]]
+name = "route-server"
+address = "198.18.30.254"
+remote_as = 65000
+
+[[bgp.announce]]
+prefix = "198.18.10.0/24"
+communities = ["64512:1"]
+large_communities = ["4200000000:0:1"]
+med = 10
+
+[[bgp.announce]]
+prefix = "2001:db8:10::10"
+"#
+);
+
+fn prefix(text: &str) -> IpPrefix {
+    let (addr, len) = text.split_once('/').expect("ADDRESS/LENGTH");
+    IpPrefix::new(addr.parse().expect("address"), len.parse().expect("length"))
+        .expect("a network prefix")
+}
+
+#[test]
+fn a_full_bgp_section_parses_into_the_model() {
+    let config = match validate_str(FULL_BGP, "full.toml", Some(&broken_view())) {
+        Ok(config) => config,
+        Err(errors) => panic!("{errors}"),
+    };
+    let secs = Duration::from_secs;
+    let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+    let upstream = BgpPeerConfig {
+        name: "upstream-a".into(),
+        address: ip("198.18.0.254"),
+        port: 1179,
+        remote_as: 64_500,
+        local_address: Some(ip("198.18.0.1")),
+        hold_time: Duration::ZERO,
+        passive: false,
+        md5_password: Some("s3cret with spaces".into()),
+        ttl_security: true,
+        families: vec![AddressFamily::Ipv6Unicast, AddressFamily::Ipv4Unicast],
+        med: Some(50),
+        local_pref: None,
+        communities: vec![],
+        large_communities: vec![(4_200_000_000, 1, 2)],
+        prepend: 3,
+        next_hop_v6: Some("2001:db8::1".parse().expect("v6")),
+    };
+    let ibgp = BgpPeerConfig {
+        name: "2001:db8::fe".into(),
+        address: ip("2001:db8::fe"),
+        port: 179,
+        remote_as: 4_200_000_000,
+        local_address: None,
+        hold_time: secs(30),
+        passive: true,
+        md5_password: None,
+        ttl_security: false,
+        families: vec![AddressFamily::Ipv6Unicast],
+        med: Some(0),
+        local_pref: Some(200),
+        communities: vec![(64_512, 100), (0, 0)],
+        large_communities: vec![(1, 2, 3), (4, 5, 6)],
+        prepend: 0,
+        next_hop_v6: None,
+    };
+    let route_server = BgpPeerConfig {
+        name: "route-server".into(),
+        address: ip("198.18.30.254"),
+        remote_as: 65_000,
+        families: vec![AddressFamily::Ipv4Unicast],
+        ttl_security: true,
+        passive: false,
+        local_pref: None,
+        med: Some(50),
+        large_communities: vec![(4_200_000_000, 1, 2)],
+        prepend: 1,
+        ..ibgp.clone()
+    };
+    let want = BgpConfig {
+        local_as: Some(4_200_000_000),
+        router_id: Some("198.18.0.1".parse().expect("v4")),
+        listen: Some("[::]:1179".parse().expect("socket address")),
+        mode: AnnounceMode::Ecmp,
+        drain: DrainConfig {
+            delay: Duration::ZERO,
+            prepend: 16,
+            med: Some(u32::MAX),
+        },
+        peers: vec![upstream, ibgp, route_server],
+        announce: vec![
+            AnnounceConfig {
+                prefix: prefix("198.18.10.0/24"),
+                communities: vec![(64_512, 1)],
+                large_communities: vec![(4_200_000_000, 0, 1)],
+                med: Some(10),
+            },
+            AnnounceConfig {
+                prefix: prefix("2001:db8:10::10/128"),
+                communities: vec![],
+                large_communities: vec![],
+                med: None,
+            },
+        ],
+    };
+    assert_eq!(config.bgp, want);
+    assert_eq!(config.bgp_announcements(), want.announce);
+    assert!(config
+        .bgp
+        .peer("2001:db8::fe")
+        .is_some_and(|p| p.is_ibgp(4_200_000_000)));
+}
+
+#[test]
+fn a_bgp_peer_gets_the_documented_defaults() {
+    let source = head!(
+        "[[service]]\n",
+        "name = \"web\"\n",
+        "vip = \"198.18.10.10\"\n",
+        "port = 80\n",
+        "[[service.backend]]\n",
+        "address = \"198.18.20.2\"\n",
+        "[[service]]\n",
+        "name = \"dns\"\n",
+        "vip = \"198.18.10.10\"\n",
+        "port = 53\n",
+        "protocol = \"udp\"\n",
+        "[[service.backend]]\n",
+        "address = \"198.18.20.2\"\n",
+        "[bgp]\n",
+        "local_as = 64512\n",
+        "[[bgp.peer]]\n",
+        "address = \"198.18.0.254\"\n",
+        "remote_as = 64500\n",
+    );
+    let config = match validate_str(source, "d.toml", Some(&broken_view())) {
+        Ok(config) => config,
+        Err(errors) => panic!("{errors}"),
+    };
+    let want = BgpConfig {
+        local_as: Some(64_512),
+        router_id: None,
+        listen: None,
+        mode: AnnounceMode::Ecmp,
+        drain: DrainConfig {
+            delay: Duration::from_secs(30),
+            prepend: 0,
+            med: None,
+        },
+        peers: vec![BgpPeerConfig {
+            name: "198.18.0.254".into(),
+            address: "198.18.0.254".parse().expect("ip"),
+            port: 179,
+            remote_as: 64_500,
+            local_address: None,
+            hold_time: Duration::from_secs(90),
+            passive: false,
+            md5_password: None,
+            ttl_security: false,
+            families: vec![AddressFamily::Ipv4Unicast],
+            med: None,
+            local_pref: None,
+            communities: vec![],
+            large_communities: vec![],
+            prepend: 0,
+            next_hop_v6: None,
+        }],
+        announce: vec![],
+    };
+    assert_eq!(config.bgp, want);
+    assert_eq!(config.bgp.drain, DrainConfig::default());
+    let announced = config.bgp_announcements();
+    assert_eq!(announced.len(), 1, "one route per VIP, not per service");
+    assert_eq!(
+        announced[0].prefix,
+        IpPrefix::host("198.18.10.10".parse().expect("ip"))
+    );
+    assert!(announced[0].communities.is_empty() && announced[0].med.is_none());
+}
+
+#[test]
+fn router_id_must_be_derivable_or_set() {
+    let source = head!(
+        "[[service]]\nname = \"web\"\nvip = \"2001:db8:10::10\"\nport = 80\n",
+        "[[service.backend]]\naddress = \"2001:db8:20::2\"\n",
+        "[bgp]\nlocal_as = 64512\n",
+        "[[bgp.peer]]\naddress = \"2001:db8::fe\"\nremote_as = 64500\n",
+    );
+    let v6_only = SystemView::new(vec![
+        link("lo", &["127.0.0.1/8", "::1/128"]),
+        link("vg-cli", &["2001:db8::1/64", "fe80::1/64"]),
+        link("vg-srv", &["2001:db8:20::1/64"]),
+    ]);
+    assert_eq!(v6_only.default_router_id(), None, "loopback does not count");
+    let errors = validate_str(source, "r.toml", Some(&v6_only)).expect_err("no router id");
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        ["r.toml:17:1: bgp.router_id: no router_id, and this system has no IPv4 address (other than loopback) to take it from; set router_id = \"198.18.0.2\" in [bgp]: a non-zero IPv4 address unique among the routers"]
+    );
+    let with_id = source.replace(
+        "local_as = 64512\n",
+        "local_as = 64512\nrouter_id = \"198.18.0.2\"\n",
+    );
+    assert!(validate_str(&with_id, "r.toml", Some(&v6_only)).is_ok());
+    assert_eq!(
+        broken_view().default_router_id(),
+        Some("198.18.0.1".parse().expect("v4")),
+        "the first IPv4 address after loopback"
+    );
+}
+
+/// Lines a `[bgp]` fuzz case is built from: headers, every key with good
+/// and bad values.
+const BGP_LINES: &[&str] = &[
+    "[bgp]",
+    "[bgp.drain]",
+    "[[bgp.peer]]",
+    "[[bgp.announce]]",
+    "[[vrrp.instance]]",
+    "local_as = 64512",
+    "local_as = 23456",
+    "remote_as = 64500",
+    "remote_as = 64512",
+    "remote_as = 0",
+    "router_id = \"198.18.0.1\"",
+    "listen = \"[::]:179\"",
+    "listen = \"0.0.0.0:0\"",
+    "mode = \"vrrp\"",
+    "mode = \"ecmp\"",
+    "address = \"198.18.0.254\"",
+    "address = \"2001:db8::fe\"",
+    "address = \"198.18.0.1\"",
+    "name = \"up\"",
+    "port = 1179",
+    "passive = true",
+    "hold_time = \"2s\"",
+    "hold_time = \"0s\"",
+    "ttl_security = true",
+    "md5_password = \"\"",
+    "families = [\"ipv6-unicast\"]",
+    "families = [\"ipv4-unicast\", \"ipv4-unicast\"]",
+    "families = []",
+    "next_hop_v6 = \"2001:db8::1\"",
+    "local_address = \"2001:db8::1\"",
+    "local_pref = 200",
+    "prepend = 3",
+    "med = 7",
+    "delay = \"1h\"",
+    "communities = [\"1:2\", \"x\"]",
+    "large_communities = [\"1:2:3\"]",
+    "prefix = \"198.18.10.0/24\"",
+    "prefix = \"198.18.99.1\"",
+    "prefix = \"2001:db8:10::/64\"",
+    "prefix = \"0.0.0.0/0\"",
+    "vips = [\"198.18.10.10\"]",
+    "interface = \"vg-cli\"",
+    "vrid = 51",
+];
+
+proptest::proptest! {
+    /// Whatever `[bgp]` holds, validation returns, every error has a
+    /// position and a fix, and a clean draft always builds.
+    #[test]
+    fn bgp_never_panics_and_always_locates(
+        picks in proptest::collection::vec(0..BGP_LINES.len(), 0..24)
+    ) {
+        let mut source = head!(
+            "[[service]]\nname = \"web\"\nvip = \"198.18.10.10\"\nport = 80\n",
+            "[[service.backend]]\naddress = \"198.18.20.2\"\n",
+        )
+        .to_string();
+        for i in picks {
+            source.push_str(BGP_LINES[i]);
             source.push('\n');
         }
         if let Err(errors) = validate_str(&source, "f.toml", Some(&broken_view())) {

@@ -2,7 +2,7 @@
 //!
 //! Owns: duplicates (interfaces, service names, VIP:port/protocol,
 //! backends), address families, interface roles and Maglev table sizing;
-//! `[vrrp]` in `checks/vrrp.rs`.
+//! `[vrrp]` in `checks/vrrp.rs`, `[bgp]` in `checks/bgp.rs`.
 //! Must not: look at the system (`system.rs`) or re-check single values
 //! (`schema.rs` did). Every check skips entries whose fields were invalid:
 //! those already have their own error.
@@ -17,6 +17,7 @@ use super::reader::{At, Ctx};
 use super::schema::{next_prime, Draft, InterfaceDraft, ServiceDraft};
 use super::tree::Span;
 
+mod bgp;
 mod vrrp;
 
 pub(crate) fn check(ctx: &Ctx, draft: &Draft) {
@@ -31,6 +32,7 @@ pub(crate) fn check(ctx: &Ctx, draft: &Draft) {
         check_maglev_size(ctx, service);
     }
     vrrp::check(ctx, draft);
+    bgp::check(ctx, draft);
 }
 
 /// Remembers the first span of each key; returns the first span when `key`

@@ -83,12 +83,44 @@
 //!   [[vrrp.sync_group]]
 //!   name = "g1"                                  # required, unique
 //!   instances = ["vip1"]                         # required; an instance in one group at most
+//!
+//! [bgp]                                          # optional; needs a [[bgp.peer]]
+//! local_as = 64512                               # required with peers; 1..=4294967295, not 23456
+//! router_id = "198.18.0.2"                       # default: first non-loopback IPv4 address
+//! listen = "0.0.0.0:179"                         # optional; passive peers need it ("[::]:179": both families)
+//! mode = "ecmp"                                  # ecmp | vrrp (announce while VRRP master of the VIP)
+//! hold_time = "90s"                              # peer defaults from here: "0s" or 3s..=65535s
+//! ttl_security = false                           # GTSM (RFC 5082), directly connected peers
+//! communities = []                               # ["65000:100"]
+//! large_communities = []                         # ["65000:1:2"]
+//! med = 0                                        # optional; 0..=4294967295
+//! prepend = 0                                    # 0..=16, eBGP peers only
+//! [bgp.drain]                                    # adds GRACEFUL_SHUTDOWN 65535:0 (RFC 8326)
+//! delay = "30s"                                  # withdraw after; 0s..=1h
+//! prepend = 0                                    # 0..=16 while draining
+//! med = 1000                                     # optional, while draining
+//!   [[bgp.peer]]                                 # any peer default above may be overridden
+//!   name = "upstream"                            # unique; default: the address
+//!   address = "198.18.0.254"                     # required; (address, port) unique
+//!   remote_as = 64500                            # required; = local_as: iBGP
+//!   port = 179                                   # not with passive
+//!   local_address = "198.18.0.2"                 # optional; the peer's family, this node's
+//!   passive = false                              # true: wait on [bgp] listen
+//!   md5_password = "secret"                      # optional, TCP MD5 (RFC 2385), 1..=80 bytes
+//!   families = ["ipv4-unicast"]                  # default: the address's; + "ipv6-unicast"
+//!   next_hop_v6 = "2001:db8::2"                  # optional; default: from the link towards the peer
+//!   local_pref = 100                             # optional, iBGP only
+//!   [[bgp.announce]]                             # optional; default: every service VIP /32, /128
+//!   prefix = "198.18.10.0/24"                    # required; covers a service VIP
+//!   communities = []                             # added to the peer's
+//!   large_communities = []
+//!   med = 10                                     # optional; replaces the peer's
 //! ```
 //!
-//! Reserved for later work and rejected with a message saying so: `[bgp]`
-//! (`[[bgp.peer]]`), `[health]`, and `health` inside `[[service]]` and
-//! `[[service.backend]]`. Any other unknown key is an error too, with a "did
-//! you mean" where one is close.
+//! Reserved for later work and rejected with a message saying so:
+//! `[health]`, and `health` inside `[[service]]` and `[[service.backend]]`.
+//! Any other unknown key is an error too, with a "did you mean" where one is
+//! close.
 
 #![forbid(unsafe_code)]
 

@@ -6,7 +6,7 @@
 //! own types).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,8 +32,7 @@ pub const MAX_WORKERS: u16 = 1024;
 /// A whole vipgate configuration after validation.
 ///
 /// Reserved for later work (rejected today with an error that says so):
-/// `[bgp]`/`[[bgp.peer]]`, `[health]`, and `health` inside `[[service]]`
-/// and `[[service.backend]]`.
+/// `[health]`, and `health` inside `[[service]]` and `[[service.backend]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node: NodeConfig,
@@ -45,6 +44,9 @@ pub struct Config {
     /// `[vrrp]`: empty when the file has no VRRP section (every service VIP
     /// is then always served by this node).
     pub vrrp: VrrpConfig,
+    /// `[bgp]`: no peers when the file has no BGP section (nothing is
+    /// announced).
+    pub bgp: BgpConfig,
 }
 
 /// `[node]`: this daemon.
@@ -366,6 +368,42 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_contain_their_vips() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = IpPrefix::new(ip("198.18.10.0"), 24).unwrap();
+        assert!(net.contains(ip("198.18.10.10")) && net.contains(ip("198.18.10.255")));
+        assert!(!net.contains(ip("198.18.11.1")) && !net.contains(ip("2001:db8::1")));
+        assert_eq!(net.to_string(), "198.18.10.0/24");
+        assert!(IpPrefix::new(ip("198.18.10.1"), 24).is_none(), "host bits");
+        assert!(IpPrefix::new(ip("198.18.10.0"), 33).is_none());
+        assert_eq!(
+            IpPrefix::truncating(ip("198.18.10.77"), 20)
+                .unwrap()
+                .to_string(),
+            "198.18.0.0/20"
+        );
+        let host = IpPrefix::host(ip("2001:db8:10::10"));
+        assert!(host.is_host() && !host.is_ipv4() && host.prefix_len() == 128);
+        assert!(host.contains(ip("2001:db8:10::10")) && !host.contains(ip("2001:db8:10::11")));
+        let v6 = IpPrefix::new(ip("2001:db8:10::"), 48).unwrap();
+        assert!(v6.contains(ip("2001:db8:10:ffff::1")) && !v6.contains(ip("2001:db8:11::1")));
+        let all = IpPrefix::new(ip("0.0.0.0"), 0).unwrap();
+        assert!(all.contains(ip("203.0.113.1")) && !all.contains(ip("::1")));
+    }
+
+    #[test]
+    fn families_and_modes_by_name() {
+        assert_eq!(
+            AddressFamily::from_name("ipv6-unicast"),
+            Some(AddressFamily::Ipv6Unicast)
+        );
+        assert_eq!(AddressFamily::of("198.18.0.1".parse().unwrap()).afi(), 1);
+        assert_eq!(AnnounceMode::default(), AnnounceMode::Ecmp);
+        assert_eq!(AnnounceMode::Vrrp.to_string(), "vrrp");
+        assert_eq!(BgpConfig::default().peers.len(), 0);
+    }
+
+    #[test]
     fn roles() {
         assert!(InterfaceRole::Both.carries_clients() && InterfaceRole::Both.carries_backends());
         assert!(!InterfaceRole::Client.carries_backends());
@@ -574,4 +612,327 @@ named!(VipMode, "vip_mode", [
 named!(VrrpChecksum, "checksum", [
     VrrpChecksum::PseudoHeader => "pseudo-header",
     VrrpChecksum::Rfc9568 => "rfc9568",
+]);
+
+/// `[bgp]`: the BGP speaker, its `[[bgp.peer]]`s and what it announces.
+///
+/// Keys under `[bgp]` itself that are also peer keys (`hold_time`,
+/// `ttl_security`, `communities`, `large_communities`, `med`, `prepend`)
+/// are defaults for every peer; a peer that sets one replaces the default
+/// (lists are replaced, not merged).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BgpConfig {
+    /// This speaker's AS (4-octet, not 0 or 23456). Always `Some` when
+    /// there are peers.
+    pub local_as: Option<u32>,
+    /// BGP identifier; `None`: the first non-loopback IPv4 address of the
+    /// machine at start ([`super::SystemView::default_router_id`]).
+    pub router_id: Option<Ipv4Addr>,
+    /// Accept incoming sessions (from configured peers only) on this
+    /// address; `None`: no listening socket, passive peers need one.
+    pub listen: Option<SocketAddr>,
+    pub mode: AnnounceMode,
+    pub drain: DrainConfig,
+    /// In file order; names unique; (address, port) unique.
+    pub peers: Vec<BgpPeerConfig>,
+    /// `[[bgp.announce]]`; empty: every service VIP as a host route (see
+    /// [`Config::bgp_announcements`]). Each covers a service VIP.
+    pub announce: Vec<AnnounceConfig>,
+}
+
+/// When a VIP (or an aggregate covering it) is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AnnounceMode {
+    /// `ecmp` (the default): while the dataplane is up and the VIP's
+    /// service has a usable backend, on every node at once, so the routers
+    /// spread flows over all of them. An aggregate: while one VIP it covers
+    /// is announceable.
+    #[default]
+    Ecmp,
+    /// `vrrp`: while this node is master of the VRRP instance holding the
+    /// VIP (every announced VIP belongs to one). An aggregate: while this
+    /// node masters one instance holding a VIP it covers.
+    Vrrp,
+}
+
+/// `[bgp.drain]`: a planned drain (`vipgate drain`, before a shutdown).
+/// Routes get the RFC 8326 GRACEFUL_SHUTDOWN community 65535:0, plus the
+/// prepends and MED below, and are withdrawn `delay` later; the dataplane
+/// keeps forwarding what still arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// 0..=3600 s; default 30 s.
+    pub delay: Duration,
+    /// Extra AS-path prepends while draining, 0..=16 (default 0); eBGP
+    /// peers only (an iBGP peer would drop a path holding its own AS).
+    pub prepend: u8,
+    /// MED while draining; `None`: unchanged.
+    pub med: Option<u32>,
+}
+
+/// `[[bgp.peer]]`: one BGP neighbour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpPeerConfig {
+    /// Unique; default: the address as written. Shown by `vipgate bgp peers`.
+    pub name: String,
+    pub address: IpAddr,
+    /// TCP port to connect to (default 179); unused by passive peers.
+    pub port: u16,
+    /// 1..=4294967295, not 23456 (AS_TRANS). Equal to `local_as`: iBGP.
+    pub remote_as: u32,
+    /// Source address of the session; same family as `address`, an address
+    /// of this machine. `None`: chosen by the kernel.
+    pub local_address: Option<IpAddr>,
+    /// Proposed hold time: 0 (no keepalives) or 3..=65535 whole seconds;
+    /// default 90 s.
+    pub hold_time: Duration,
+    /// Wait for the peer to connect to [`BgpConfig::listen`], never connect.
+    pub passive: bool,
+    /// TCP MD5 signature key (RFC 2385), 1..=80 bytes.
+    pub md5_password: Option<String>,
+    /// GTSM (RFC 5082): send with TTL 255, accept only TTL 255 (directly
+    /// connected peers).
+    pub ttl_security: bool,
+    /// Non-empty, no duplicates; default: the family of `address`.
+    pub families: Vec<AddressFamily>,
+    /// MULTI_EXIT_DISC on routes to this peer; `None`: not sent.
+    pub med: Option<u32>,
+    /// LOCAL_PREF on routes to this peer; iBGP peers only. `None`: 100.
+    pub local_pref: Option<u32>,
+    /// Added to every route to this peer (with the announcement's own).
+    pub communities: Vec<Community>,
+    pub large_communities: Vec<LargeCommunity>,
+    /// Extra copies of `local_as` in the AS path, 0..=16; always 0 for
+    /// iBGP peers (one would drop a path holding its own AS).
+    pub prepend: u8,
+    /// Next hop of IPv6 routes; default: the session's local address on an
+    /// IPv6 session, an IPv6 address of the link towards the peer on an
+    /// IPv4 session. An address of this machine.
+    pub next_hop_v6: Option<Ipv6Addr>,
+}
+
+/// A standard community `ASN:VALUE` (RFC 1997), written "65000:100".
+pub type Community = (u16, u16);
+/// A large community `GLOBAL:LOCAL1:LOCAL2` (RFC 8092), written "65000:1:2".
+pub type LargeCommunity = (u32, u32, u32);
+
+/// A multiprotocol AFI/SAFI pair a session carries (RFC 4760).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressFamily {
+    Ipv4Unicast,
+    Ipv6Unicast,
+}
+
+/// `[[bgp.announce]]`: one prefix and the attributes it adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// A VIP as /32 or /128, or an aggregate covering configured VIPs.
+    pub prefix: IpPrefix,
+    /// Added to the peer's communities.
+    pub communities: Vec<Community>,
+    pub large_communities: Vec<LargeCommunity>,
+    /// Replaces the peer's MED for this prefix.
+    pub med: Option<u32>,
+}
+
+/// An IP prefix with no host bits set, e.g. 198.18.10.0/24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    address: IpAddr,
+    len: u8,
+}
+
+/// `[bgp] local_as` etc.: AS 23456, which stands in for 4-octet ASNs on
+/// 2-octet sessions (RFC 6793) and is no AS of its own.
+pub const AS_TRANS: u32 = 23_456;
+/// `[[bgp.peer]] port` when not given.
+pub const DEFAULT_BGP_PORT: u16 = 179;
+/// `hold_time` when not given (RFC 4271 suggests 90 s).
+pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
+/// Longest `hold_time` (the OPEN field is 16 bits of seconds).
+pub const MAX_HOLD_TIME: Duration = Duration::from_secs(65_535);
+/// Shortest non-zero `hold_time` (RFC 4271 section 4.2).
+pub const MIN_HOLD_TIME: Duration = Duration::from_secs(3);
+/// `[bgp.drain] delay` when not given.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(30);
+/// Longest `[bgp.drain] delay`.
+pub const MAX_DRAIN_DELAY: Duration = Duration::from_secs(3600);
+/// Most AS-path prepends (`prepend`, `[bgp.drain] prepend`).
+pub const MAX_PREPEND: u8 = 16;
+/// Longest `md5_password` (TCP_MD5SIG_MAXKEYLEN).
+pub const MAX_MD5_PASSWORD: usize = 80;
+/// The RFC 8326 GRACEFUL_SHUTDOWN community a drain adds.
+pub const GRACEFUL_SHUTDOWN: Community = (65_535, 0);
+
+impl Default for DrainConfig {
+    /// Withdraw 30 s after the drain starts, no prepends, MED unchanged.
+    fn default() -> Self {
+        DrainConfig {
+            delay: DEFAULT_DRAIN_DELAY,
+            prepend: 0,
+            med: None,
+        }
+    }
+}
+
+impl BgpConfig {
+    pub fn peer(&self, name: &str) -> Option<&BgpPeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+impl BgpPeerConfig {
+    /// Whether the session is iBGP (same AS on both ends).
+    pub fn is_ibgp(&self, local_as: u32) -> bool {
+        self.remote_as == local_as
+    }
+
+    pub fn carries(&self, family: AddressFamily) -> bool {
+        self.families.contains(&family)
+    }
+}
+
+impl Config {
+    /// What `[bgp]` announces: the `[[bgp.announce]]` entries, or when
+    /// there are none, each distinct service VIP as a host route without
+    /// attributes of its own, in file order.
+    pub fn bgp_announcements(&self) -> Vec<AnnounceConfig> {
+        if !self.bgp.announce.is_empty() {
+            return self.bgp.announce.clone();
+        }
+        let mut out: Vec<AnnounceConfig> = Vec::new();
+        for vip in self.services.iter().map(|s| s.vip) {
+            let prefix = IpPrefix::host(vip);
+            if out.iter().all(|a| a.prefix != prefix) {
+                out.push(AnnounceConfig {
+                    prefix,
+                    communities: Vec::new(),
+                    large_communities: Vec::new(),
+                    med: None,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl AddressFamily {
+    /// The unicast family of `address`.
+    pub fn of(address: IpAddr) -> Self {
+        match address {
+            IpAddr::V4(_) => AddressFamily::Ipv4Unicast,
+            IpAddr::V6(_) => AddressFamily::Ipv6Unicast,
+        }
+    }
+
+    /// RFC 4760 AFI (1: IPv4, 2: IPv6); the SAFI is 1 (unicast) for both.
+    pub fn afi(self) -> u16 {
+        match self {
+            AddressFamily::Ipv4Unicast => 1,
+            AddressFamily::Ipv6Unicast => 2,
+        }
+    }
+
+    /// Whether `address` belongs to this family.
+    pub fn holds(self, address: IpAddr) -> bool {
+        Self::of(address) == self
+    }
+}
+
+impl IpPrefix {
+    /// `None` if `len` is longer than the address or host bits are set.
+    pub fn new(address: IpAddr, len: u8) -> Option<Self> {
+        let prefix = IpPrefix { address, len };
+        (len <= prefix.max_len() && prefix.network_bits() == bits(address)).then_some(prefix)
+    }
+
+    /// The /32 or /128 of `address`.
+    pub fn host(address: IpAddr) -> Self {
+        let len = if address.is_ipv4() { 32 } else { 128 };
+        IpPrefix { address, len }
+    }
+
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.len == self.max_len()
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.address.is_ipv4()
+    }
+
+    /// Whether `address` lies in the prefix.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        if address.is_ipv4() != self.address.is_ipv4() {
+            return false;
+        }
+        IpPrefix {
+            address,
+            len: self.len,
+        }
+        .network_bits()
+            == bits(self.address)
+    }
+
+    /// `address` with the bits after `len` cleared, as a prefix: the fix
+    /// for "198.18.10.5/24".
+    pub fn truncating(address: IpAddr, len: u8) -> Option<Self> {
+        let prefix = IpPrefix { address, len };
+        if len > prefix.max_len() {
+            return None;
+        }
+        let net = prefix.network_bits();
+        let address = match address {
+            // The top 32 bits: an IPv4 address is left-aligned in 128.
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((net >> 96) as u32)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(net)),
+        };
+        Some(IpPrefix { address, len })
+    }
+
+    fn max_len(&self) -> u8 {
+        if self.address.is_ipv4() {
+            32
+        } else {
+            128
+        }
+    }
+
+    /// The address left-aligned in 128 bits with the host bits cleared.
+    fn network_bits(&self) -> u128 {
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.len.min(128)))
+            .unwrap_or(0);
+        bits(self.address) & mask
+    }
+}
+
+/// The address left-aligned in 128 bits (IPv4 in the top 32).
+fn bits(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.len)
+    }
+}
+
+named!(AnnounceMode, "announce mode", [
+    AnnounceMode::Ecmp => "ecmp",
+    AnnounceMode::Vrrp => "vrrp",
+]);
+named!(AddressFamily, "address family", [
+    AddressFamily::Ipv4Unicast => "ipv4-unicast",
+    AddressFamily::Ipv6Unicast => "ipv6-unicast",
 ]);

@@ -16,11 +16,13 @@ use super::model::*;
 use super::reader::{At, Ctx, Reserved, Section};
 use super::tree::{Span, Table};
 
+mod bgp;
 mod vrrp;
 
+pub(crate) use bgp::{AnnounceDraft, BgpDraft, BgpPeerDraft, Families};
 pub(crate) use vrrp::{Setting, SyncGroupDraft, VrrpDraft, VrrpInstanceDraft};
 
-const ROOT_KEYS: &[&str] = &["node", "interface", "dataplane", "service", "vrrp"];
+const ROOT_KEYS: &[&str] = &["node", "interface", "dataplane", "service", "vrrp", "bgp"];
 const NODE_KEYS: &[&str] = &["name", "control_socket"];
 const INTERFACE_KEYS: &[&str] = &["name", "role"];
 const DATAPLANE_KEYS: &[&str] = &[
@@ -47,18 +49,11 @@ const SERVICE_KEYS: &[&str] = &[
 ];
 const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
 
-const ROOT_RESERVED: &[Reserved] = &[
-    Reserved {
-        key: "bgp",
-        message: "[bgp] is reserved for BGP, which this version of vipgate does not implement yet",
-        help: "remove the [bgp] and [[bgp.peer]] sections for now",
-    },
-    Reserved {
-        key: "health",
-        message: "[health] is reserved for health checking, which this version of vipgate does not implement yet",
-        help: "remove the [health] section for now",
-    },
-];
+const ROOT_RESERVED: &[Reserved] = &[Reserved {
+    key: "health",
+    message: "[health] is reserved for health checking, which this version of vipgate does not implement yet",
+    help: "remove the [health] section for now",
+}];
 const SERVICE_RESERVED: &[Reserved] = &[Reserved {
     key: "health",
     message: "service health checks are reserved for a later version of vipgate",
@@ -83,6 +78,7 @@ pub(crate) struct Draft {
     pub dataplane: DataplaneConfig,
     pub services: Vec<ServiceDraft>,
     pub vrrp: VrrpDraft,
+    pub bgp: BgpDraft,
 }
 
 pub(crate) struct InterfaceDraft {
@@ -138,12 +134,14 @@ pub(crate) fn read(ctx: &Ctx, root: &Table) -> Draft {
     let dataplane = read_dataplane(&root);
     let services = read_services(&root);
     let vrrp = vrrp::read(&root);
+    let bgp = bgp::read(&root);
     Draft {
         node,
         interfaces,
         dataplane,
         services,
         vrrp,
+        bgp,
     }
 }
 
@@ -681,6 +679,7 @@ pub(crate) fn build(draft: Draft) -> Option<Config> {
         dataplane: draft.dataplane,
         services,
         vrrp: vrrp::build(draft.vrrp)?,
+        bgp: bgp::build(draft.bgp)?,
     })
 }
 

@@ -2,11 +2,12 @@
 //!
 //! Owns: [`SystemView`], the plain data a caller fills in (from netlink, or
 //! by hand in tests), and the checks against it (`[vrrp]`'s in
-//! `system/vrrp.rs`). Must not: read the system itself. `vipgate check`
-//! must never touch the machine, so this module only compares data.
+//! `system/vrrp.rs`, `[bgp]`'s in `system/bgp.rs`). Must not: read the
+//! system itself. `vipgate check` must never touch the machine, so this
+//! module only compares data.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use super::error::ErrorKind;
@@ -14,6 +15,7 @@ use super::reader::{At, Ctx};
 use super::schema::{Draft, ServiceDraft};
 use super::suggest::did_you_mean_suffix;
 
+mod bgp;
 mod vrrp;
 
 /// The interfaces of the machine the configuration is checked for.
@@ -59,6 +61,19 @@ impl SystemView {
 
     pub fn interface(&self, name: &str) -> Option<&SystemInterface> {
         self.interfaces.iter().find(|i| i.name == name)
+    }
+
+    /// The BGP identifier used when `[bgp] router_id` is not set: the first
+    /// IPv4 address, in interface order, that is neither loopback nor
+    /// unspecified.
+    pub fn default_router_id(&self) -> Option<Ipv4Addr> {
+        self.interfaces
+            .iter()
+            .flat_map(|i| i.addresses.iter())
+            .find_map(|a| match a.address {
+                IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => Some(v4),
+                _ => None,
+            })
     }
 
     /// The interface that carries `address` itself, if any.
@@ -170,6 +185,7 @@ pub(crate) fn check(ctx: &Ctx, draft: &Draft, view: &SystemView) {
         check_backends_reachable(ctx, draft, service, view);
     }
     vrrp::check(ctx, draft, view);
+    bgp::check(ctx, draft, view);
 }
 
 fn check_interfaces_exist(ctx: &Ctx, draft: &Draft, view: &SystemView) {
