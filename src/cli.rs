@@ -131,11 +131,13 @@ fn check(path: &Path, no_system: bool) -> Result<ExitCode> {
         Ok(c) => {
             let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
             println!(
-                "{}: ok ({} service(s), {} backend(s), {} interface(s){})",
+                "{}: ok ({} service(s), {} backend(s), {} interface(s), {} VRRP instance(s), {} BGP peer(s){})",
                 path.display(),
                 c.services.len(),
                 backends,
                 c.interfaces.len(),
+                c.vrrp.instances.len(),
+                c.bgp.peers.len(),
                 if no_system {
                     "; system checks skipped"
                 } else {
