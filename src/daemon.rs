@@ -89,6 +89,15 @@ fn run_with(
     changes: &mut SystemChanges,
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
+    if !config.bgp.peers.is_empty() {
+        // Validated by `vipgate check`, but the speaker is not wired into
+        // the daemon yet: refuse rather than run without announcing.
+        bail!(
+            "[bgp] has {} peer(s), but this version of the daemon does not run BGP yet; \
+             remove the [bgp] section to run the gateway without announcements",
+            config.bgp.peers.len()
+        );
+    }
     // VRRP VIPs start inactive: an instance starts as backup.
     let vip_states: HashMap<IpAddr, VipState> = config
         .vrrp
