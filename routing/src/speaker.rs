@@ -755,6 +755,7 @@ impl PeerTask {
         let mut moved = false;
         let mut closing = vec![];
         let mut connect = false;
+        let mut timed_out = false;
         if let Some(c) = self.conn(which) {
             while let Some(t) = c.session.poll_transmit() {
                 moved = true;
@@ -767,12 +768,19 @@ impl PeerTask {
                     }
                     Transmit::Close => {
                         connect = false;
+                        if c.connecting.is_some() {
+                            // ConnectRetry ran out before the connect ended.
+                            timed_out = true;
+                        }
                         c.close_link(&mut closing);
                     }
                 }
             }
         }
         self.closing.extend(closing);
+        if timed_out {
+            self.last_error = Some("connect: no answer within the connect retry time".into());
+        }
         if connect {
             self.start_connect(which);
         }
