@@ -810,9 +810,15 @@ impl PeerTask {
         let mut moved = false;
         while let Some(e) = self.secondary.as_mut().and_then(|c| c.session.poll_event()) {
             moved = true;
+            // It may pass OpenConfirm within one read, before
+            // `resolve_collision` saw it there: decide now.
             if let SessionEvent::Established(_) = e {
-                self.promote_secondary();
-                self.on_established(now);
+                if self.secondary_wins() {
+                    self.promote_secondary();
+                    self.on_established(now);
+                } else if let Some(c) = &mut self.secondary {
+                    c.session.close_for_collision();
+                }
             }
             // A secondary's Down is handled by `resolve_collision`.
         }
@@ -915,21 +921,32 @@ impl PeerTask {
         if sec.session.state() == State::Idle {
             return false; // Its Close is still queued.
         }
-        if self.primary.session.state() == State::Established {
+        if sec.session.peer_open().is_none() {
+            // RFC 4271 6.8: a new connection loses to an Established one.
+            if self.primary.session.state() != State::Established {
+                return false;
+            }
             sec.session.close_for_collision();
             return true;
         }
-        let (Some(open), Some(_)) = (self.primary.session.peer_open(), sec.session.peer_open())
-        else {
+        if self.primary.session.peer_open().is_none() {
             return false;
-        };
-        if collision_winner(self.router_id, open.bgp_id) == self.primary.initiator {
-            sec.session.close_for_collision();
-        } else {
-            self.primary.session.close_for_collision();
+        }
+        if self.secondary_wins() {
             self.promote_secondary();
+        } else if let Some(sec) = &mut self.secondary {
+            sec.session.close_for_collision();
         }
         true
+    }
+
+    /// Both connections have the peer's OPEN (or the primary has none):
+    /// whether the accepted one survives (RFC 4271 6.8).
+    fn secondary_wins(&self) -> bool {
+        match self.primary.session.peer_open() {
+            Some(open) => collision_winner(self.router_id, open.bgp_id) != self.primary.initiator,
+            None => true,
+        }
     }
 
     /// The secondary becomes the primary; the old primary is closed.
@@ -942,6 +959,11 @@ impl PeerTask {
             old.session.close_for_collision();
         }
         self.secondary = Some(old);
+        // Whatever the old connection carried is gone with it.
+        self.rib.reset();
+        self.rib_dirty = true;
+        self.established_at = None;
+        self.received.clear();
     }
 
     fn publish(&mut self) {

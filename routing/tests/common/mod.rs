@@ -32,7 +32,10 @@ impl Lab {
             println!("skipped: iproute2 (ip) not installed");
             return None;
         }
-        let prefix = format!("vgt-{}-{tag}", std::process::id());
+        // Tests of one binary run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("vgt-{}-{tag}{n}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).expect("lab directory");
         Some(Lab {
