@@ -14,10 +14,17 @@
 //!   events and the next timeout out. Connection collision resolution
 //!   (RFC 4271 section 6.8) is a pure helper, [`session::collision_winner`].
 //!
-//! What it must not touch: sockets, clocks, threads, the dataplane or the
-//! daemon's configuration types. The tokio TCP transport (with MD5/GTSM),
-//! the Adj-RIB-Out, announcement policy, daemon wiring and the CLI are
-//! separate layers built on top of [`session::Session`].
+//! - [`rib`]: the Adj-RIB-Out, sans-IO: the application's desired routes
+//!   (with RFC 8326 drain) and, per peer, what was sent and the UPDATE diff.
+//! - [`speaker`] and [`transport`]: the I/O shell. A [`speaker::Speaker`]
+//!   runs many peers on its own thread's tokio runtime over TCP (MD5, GTSM;
+//!   the setsockopt FFI is confined to the private `sockopt` module) and
+//!   gives the daemon a blocking-free [`speaker::SpeakerHandle`].
+//!
+//! What it must not touch: the dataplane or the daemon's configuration
+//! types; sockets, clocks and threads only in `speaker`, `transport` and
+//! `sockopt`. Announcement policy, daemon wiring and the CLI are separate
+//! layers built on top of [`speaker::SpeakerHandle`].
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
