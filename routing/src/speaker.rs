@@ -1035,3 +1035,84 @@ fn describe(reason: &DownReason) -> String {
         DownReason::Collision => "connection collision".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(peers: Vec<PeerConfig>) -> SpeakerConfig {
+        SpeakerConfig {
+            local_as: 65001,
+            router_id: Ipv4Addr::new(198, 18, 0, 1),
+            listen: None,
+            peers,
+            drain: DrainPolicy::default(),
+        }
+    }
+
+    fn peer(addr: &str) -> PeerConfig {
+        PeerConfig::new(addr.parse().expect("test address"), 65000)
+    }
+
+    fn rejected(peers: Vec<PeerConfig>) -> &'static str {
+        match Speaker::new(config(peers)) {
+            Err(SpeakerError::InvalidPeer(_, why)) => why,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unusable_peers_are_rejected_before_anything_starts() {
+        let mut hold = peer("198.18.0.2");
+        hold.hold_time = 2;
+        assert!(rejected(vec![hold]).contains("hold time"));
+        // 198.18.0.2 and its IPv4-mapped form are one peer.
+        assert!(rejected(vec![peer("198.18.0.2"), peer("::ffff:198.18.0.2")]).contains("twice"));
+        let mut md5 = peer("198.18.0.2");
+        md5.md5_password = Some("x".repeat(81));
+        assert!(rejected(vec![md5]).contains("MD5"));
+        let mut passive = peer("198.18.0.2");
+        passive.passive = true;
+        assert!(rejected(vec![passive]).contains("listen"));
+        let mut none = peer("198.18.0.2");
+        none.families.clear();
+        assert!(rejected(vec![none]).contains("family"));
+    }
+
+    #[test]
+    fn handle_edits_the_desired_table_and_shuts_down() {
+        // No peers and no listener: no socket is opened.
+        let speaker = Speaker::new(config(vec![])).expect("starts");
+        let h = speaker.handle();
+        let vip: Prefix = "198.18.10.1/32".parse().expect("prefix");
+        h.announce(vip, RouteAttrs::default());
+        assert_eq!(h.desired().len(), 1);
+        h.set_drain(true);
+        assert!(h.desired().is_draining());
+        assert!(h.withdraw(vip));
+        assert!(!h.withdraw(vip));
+        assert!(h.peers().is_empty() && h.adj_rib_out(None).is_empty());
+        assert!(h.shutdown_within(Duration::from_secs(5)));
+        // A second shutdown (and the drop) return at once.
+        assert!(h.shutdown());
+    }
+
+    #[test]
+    fn peer_config_maps_to_the_session() {
+        let mut p = peer("198.18.0.2");
+        p.hold_time = 30;
+        p.idle_hold = Duration::from_secs(1);
+        let s = p.session_config(65001, Ipv4Addr::new(198, 18, 0, 1), true);
+        assert_eq!((s.local_as, s.peer_as, s.hold_time), (65001, 65000, 30));
+        assert!(s.passive);
+        assert_eq!(s.idle_hold, Duration::from_secs(1));
+        assert_eq!(s.max_idle_hold, MAX_IDLE_HOLD);
+        assert_eq!(
+            p.security(),
+            SocketSecurity {
+                md5_key: None,
+                ttl_security: false
+            }
+        );
+    }
+}
