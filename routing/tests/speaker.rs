@@ -44,6 +44,16 @@ fn status(h: &SpeakerHandle, peer: &str) -> vipgate_routing::speaker::PeerStatus
         .expect("peer in status")
 }
 
+/// User + system CPU time of this process (/proc/self/stat, in ticks of
+/// 1/100 s on Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("proc stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
 #[test]
 fn two_speakers_establish_exchange_routes_and_cease() {
     let Some(mut lab) = Lab::new("spk") else {
@@ -85,6 +95,12 @@ fn two_speakers_establish_exchange_routes_and_cease() {
             .then_some(())
     });
     assert_ne!(status(&ha, "198.18.0.99").state, State::Established);
+    // A peer that is down is not spun on: announcements pending for it
+    // cost nothing until it comes up.
+    let cpu = cpu_seconds();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds() - cpu;
+    assert!(used < 0.3, "{used} s of CPU in 1 s while idle");
     let rib = ha.adj_rib_out(Some(addr("198.18.0.2")));
     assert_eq!(rib.len(), 1);
     assert_eq!(
