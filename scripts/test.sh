@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 
 # What the tests run or look with: ip (iproute2), nft (nftables),
 # ethtool, curl, ping, keepalived (VRRP interop peer), tcpdump/tshark
-# (captures), python3 (crafted adverts), bird2 (BGP peer). Later work adds
-# frr, nginx.
-packages=(iproute2 nftables ethtool curl iputils-ping keepalived tcpdump tshark python3 bird2)
+# (captures), python3 (crafted adverts), bird2 and frr (BGP peers). Later
+# work adds nginx.
+packages=(iproute2 nftables ethtool curl iputils-ping keepalived tcpdump tshark python3 bird2 frr)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
