@@ -1,4 +1,5 @@
-//! Command line: `vipgate run | check | status | lab`. With no arguments
+//! Command line: `vipgate run | check | status | vrrp | route | bgp | drain |
+//! undrain | lab`. With no arguments
 //! vipgate runs the lab's smoke scenario (the main job's embedded default).
 
 use std::path::{Path, PathBuf};
@@ -63,6 +64,43 @@ enum Command {
         #[arg(long, global = true, default_value_os_t = daemon::default_socket())]
         socket: PathBuf,
     },
+    /// Operator routes of the running daemon, and `route speak`: a
+    /// standalone speaker driven from stdin.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+        /// Control socket of the daemon.
+        #[arg(long, global = true, default_value_os_t = daemon::default_socket())]
+        socket: PathBuf,
+    },
+    /// BGP sessions of the running daemon.
+    Bgp {
+        #[command(subcommand)]
+        command: BgpCommand,
+        /// Control socket of the daemon.
+        #[arg(long, global = true, default_value_os_t = daemon::default_socket())]
+        socket: PathBuf,
+    },
+    /// Planned drain: announce every route with GRACEFUL_SHUTDOWN (RFC
+    /// 8326) now and withdraw it after [bgp.drain] delay; the dataplane
+    /// keeps forwarding.
+    Drain {
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the daemon.
+        #[arg(long, default_value_os_t = daemon::default_socket())]
+        socket: PathBuf,
+    },
+    /// End a drain: announce everything again without the drain attributes.
+    Undrain {
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the daemon.
+        #[arg(long, default_value_os_t = daemon::default_socket())]
+        socket: PathBuf,
+    },
     /// Build the lab in network namespaces on this machine and run a
     /// scenario through the dataplane.
     Lab {
@@ -87,6 +125,64 @@ enum VrrpCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum RouteCommand {
+    /// Announce PREFIX to every peer (an operator route: kept apart from
+    /// the routes the daemon's policy announces).
+    Announce {
+        /// ADDRESS/LENGTH, or a bare address for a host route.
+        prefix: String,
+        /// Next hop (default: self, the session's own address).
+        #[arg(long)]
+        next_hop: Option<String>,
+        #[arg(long)]
+        med: Option<u32>,
+        /// ASN:VALUE; repeatable.
+        #[arg(long = "community")]
+        communities: Vec<String>,
+        /// GLOBAL:LOCAL1:LOCAL2; repeatable.
+        #[arg(long = "large-community")]
+        large_communities: Vec<String>,
+        /// Extra copies of the local AS in the AS path (0..=16).
+        #[arg(long)]
+        prepend: Option<u8>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw an operator route (routes of the policy stay).
+    Withdraw {
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Adj-RIB-Out: what each peer was sent.
+    List {
+        /// Only this peer's routes.
+        #[arg(long)]
+        peer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Standalone speaker (no daemon): hold the sessions of FILE's [bgp]
+    /// and read `announce PREFIX [next-hop ADDR] [med N] [community A:B]...
+    /// [large-community A:B:C]... [prepend N]` / `withdraw PREFIX` lines
+    /// from stdin, answering `done` or `error: ...`; EOF or SIGTERM
+    /// withdraws everything and exits.
+    Speak {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BgpCommand {
+    /// Each peer: state, uptime, prefixes sent and received, last error.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
@@ -98,6 +194,15 @@ pub fn main() -> ExitCode {
         Command::Check { config, no_system } => check(&config, no_system),
         Command::Status { json, socket } => status(&socket, json).map(|()| ExitCode::SUCCESS),
         Command::Vrrp { command, socket } => vrrp(&socket, command).map(|()| ExitCode::SUCCESS),
+        Command::Route { command, socket } => route(&socket, command).map(|()| ExitCode::SUCCESS),
+        Command::Bgp {
+            command: BgpCommand::Peers { json },
+            socket,
+        } => bgp_peers(&socket, json).map(|()| ExitCode::SUCCESS),
+        Command::Drain { json, socket } => drain(&socket, json, true).map(|()| ExitCode::SUCCESS),
+        Command::Undrain { json, socket } => {
+            drain(&socket, json, false).map(|()| ExitCode::SUCCESS)
+        }
         Command::Lab { command } => lab::main(command),
     };
     match result {
@@ -194,6 +299,185 @@ fn vrrp(socket: &Path, command: VrrpCommand) -> Result<()> {
     Ok(())
 }
 
+/// The control request of a `route` command against the daemon (None:
+/// `route speak`, which runs here).
+fn route_request(command: &RouteCommand) -> Option<(Value, bool)> {
+    Some(match command {
+        RouteCommand::Announce {
+            prefix,
+            next_hop,
+            med,
+            communities,
+            large_communities,
+            prepend,
+            json,
+        } => (
+            json!({
+                "cmd": "route.announce", "prefix": prefix, "next_hop": next_hop, "med": med,
+                "communities": communities, "large_communities": large_communities,
+                "prepend": prepend,
+            }),
+            *json,
+        ),
+        RouteCommand::Withdraw { prefix, json } => {
+            (json!({"cmd": "route.withdraw", "prefix": prefix}), *json)
+        }
+        RouteCommand::List { peer, json } => (json!({"cmd": "route.list", "peer": peer}), *json),
+        RouteCommand::Speak { .. } => return None,
+    })
+}
+
+fn route(socket: &Path, command: RouteCommand) -> Result<()> {
+    if let RouteCommand::Speak { config } = &command {
+        return speak(config);
+    }
+    let Some((request, raw)) = route_request(&command) else {
+        return Ok(());
+    };
+    let data = control::request(socket, &request)?;
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    match command {
+        RouteCommand::Announce { .. } => {
+            println!("{}: announced", data["prefix"].as_str().unwrap_or("?"))
+        }
+        RouteCommand::Withdraw { .. } => {
+            println!("{}: withdrawn", data["prefix"].as_str().unwrap_or("?"))
+        }
+        _ => print!("{}", render_rib(&data)),
+    }
+    Ok(())
+}
+
+fn speak(path: &Path) -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    daemon::install_signal_handlers(stop.clone())?;
+    // The system checks (own addresses, router id) when rtnetlink answers.
+    let view = crate::netlink::RtNetlink::open()
+        .ok()
+        .and_then(|mut nl| daemon::system_view(&mut nl).ok());
+    crate::bgp::speak(path, view.as_ref(), &stop)
+}
+
+fn bgp_peers(socket: &Path, raw: bool) -> Result<()> {
+    let data = control::request(socket, &json!({"cmd": "bgp.peers"}))?;
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        print!("{}", render_peers(&data["peers"]));
+    }
+    Ok(())
+}
+
+fn drain(socket: &Path, raw: bool, on: bool) -> Result<()> {
+    let cmd = if on { "drain" } else { "undrain" };
+    let data = control::request(socket, &json!({ "cmd": cmd }))?;
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else if on {
+        println!(
+            "draining: routes carry GRACEFUL_SHUTDOWN (65535:0) and are withdrawn in {} ms",
+            data["withdraw_in_ms"]
+        );
+    } else {
+        println!("undrained: routes announced again");
+    }
+    Ok(())
+}
+
+fn render_peers(peers: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:<20} {:<28} {:<12} {:>8} {:>6} {:>6}  last error\n",
+        "peer", "address", "state", "uptime", "sent", "rcvd"
+    );
+    for p in peers.as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<28} {:<12} {:>8} {:>6} {:>6}  {}",
+            p["name"].as_str().unwrap_or(""),
+            p["address"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            p["uptime_seconds"]
+                .as_u64()
+                .map_or("-".to_string(), |s| format!("{s}s")),
+            p["prefixes_sent"].to_string(),
+            p["prefixes_received"].to_string(),
+            p["last_error"].as_str().unwrap_or("-"),
+        );
+    }
+    out
+}
+
+/// One route's attributes on one line.
+fn render_attrs(r: &Value) -> String {
+    let mut parts = vec![format!(
+        "next-hop {}",
+        r["next_hop"].as_str().unwrap_or("?")
+    )];
+    for key in ["med", "local_pref", "prepend"] {
+        if r[key].as_u64().is_some_and(|n| key != "prepend" || n > 0) {
+            parts.push(format!("{} {}", key.replace('_', "-"), r[key]));
+        }
+    }
+    for (key, name) in [
+        ("communities", "community"),
+        ("large_communities", "large-community"),
+    ] {
+        for c in r[key].as_array().into_iter().flatten() {
+            parts.push(format!("{name} {}", c.as_str().unwrap_or("?")));
+        }
+    }
+    parts.join(" ")
+}
+
+fn render_rib(d: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{:<28} {:<44} attributes\n", "peer", "prefix");
+    for r in d["routes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<28} {:<44} {}",
+            r["peer"].as_str().unwrap_or("?"),
+            r["prefix"].as_str().unwrap_or("?"),
+            render_attrs(r)
+        );
+    }
+    out
+}
+
+/// The BGP part of the human status view (nothing without a speaker).
+fn render_bgp(out: &mut String, b: &Value) {
+    use std::fmt::Write;
+    if b.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nbgp mode {}  drain {}{}",
+        b["mode"].as_str().unwrap_or("-"),
+        b["drain"].as_str().unwrap_or("?"),
+        b["withdraw_in_ms"]
+            .as_u64()
+            .map_or(String::new(), |ms| format!(" (withdraw in {ms} ms)"))
+    );
+    for line in render_peers(&b["peers"]).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "  announced:");
+    for r in b["announced"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "    {:<44} ({}) {}",
+            r["prefix"].as_str().unwrap_or("?"),
+            r["source"].as_str().unwrap_or("?"),
+            render_attrs(r)
+        );
+    }
+}
+
 /// The human view of a status document.
 pub fn render_status(d: &Value) -> String {
     use std::fmt::Write;
@@ -243,6 +527,7 @@ pub fn render_status(d: &Value) -> String {
         }
     }
     render_vrrp(&mut out, &d["vrrp"]);
+    render_bgp(&mut out, &d["bgp"]);
     let workers = d["workers"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "\nper worker:");
     let names: Vec<String> = workers
@@ -360,4 +645,89 @@ fn render_vrrp(out: &mut String, v: &Value) {
         out,
         "     (* resigned: stays backup until `vipgate vrrp resume`)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vipgate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn route_announce_collects_repeated_communities() {
+        let cli = parse(&[
+            "route",
+            "announce",
+            "198.18.10.10/32",
+            "--next-hop",
+            "198.18.0.9",
+            "--med",
+            "5",
+            "--community",
+            "65000:1",
+            "--community",
+            "65000:2",
+            "--large-community",
+            "1:2:3",
+            "--prepend",
+            "2",
+            "--json",
+            "--socket",
+            "/tmp/x.sock",
+        ])
+        .expect("parses");
+        let Some(Command::Route { command, socket }) = cli.command else {
+            panic!("route");
+        };
+        assert_eq!(socket, PathBuf::from("/tmp/x.sock"));
+        let (request, raw) = route_request(&command).expect("a daemon request");
+        assert!(raw);
+        assert_eq!(request["cmd"], "route.announce");
+        assert_eq!(request["communities"], json!(["65000:1", "65000:2"]));
+        assert_eq!(request["large_communities"], json!(["1:2:3"]));
+        // What the daemon makes of it.
+        let (prefix, attrs) = crate::bgp::route_from_request(&request).expect("valid");
+        assert_eq!(prefix.to_string(), "198.18.10.10/32");
+        assert_eq!(
+            (attrs.med, attrs.prepend, attrs.communities.len()),
+            (Some(5), 2, 2)
+        );
+    }
+
+    #[test]
+    fn bgp_commands_parse_and_bad_values_are_refused() {
+        assert!(parse(&["route", "list", "--peer", "198.18.0.254", "--json"]).is_ok());
+        assert!(parse(&["route", "withdraw", "198.18.10.10/32"]).is_ok());
+        assert!(parse(&["route", "speak", "--config", "f.toml"]).is_ok());
+        assert!(parse(&["bgp", "peers", "--json"]).is_ok());
+        assert!(parse(&["drain", "--json"]).is_ok());
+        assert!(parse(&["undrain"]).is_ok());
+        assert!(parse(&["route", "announce", "198.18.10.10/32", "--med", "-1"]).is_err());
+        assert!(parse(&["route", "announce", "198.18.10.10/32", "--prepend", "300"]).is_err());
+        assert!(parse(&["route", "announce"]).is_err());
+    }
+
+    #[test]
+    fn status_shows_the_bgp_part() {
+        let d = json!({
+            "bgp": {"mode": "ecmp", "drain": "draining", "withdraw_in_ms": 1500,
+                "peers": [{"name": "up", "address": "198.18.0.254", "state": "Established",
+                    "uptime_seconds": 3, "prefixes_sent": 1, "prefixes_received": 0, "last_error": null}],
+                "announced": [{"prefix": "198.18.10.10/32", "source": "policy", "next_hop": "self",
+                    "med": null, "local_pref": null, "communities": ["65000:1"], "large_communities": [], "prepend": 0}]}
+        });
+        let text = render_status(&d);
+        assert!(
+            text.contains("bgp mode ecmp  drain draining (withdraw in 1500 ms)"),
+            "{text}"
+        );
+        assert!(text.contains("Established"), "{text}");
+        assert!(text.contains("198.18.10.10/32"), "{text}");
+        assert!(
+            text.contains("(policy) next-hop self community 65000:1"),
+            "{text}"
+        );
+    }
 }

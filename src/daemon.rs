@@ -9,6 +9,15 @@
 //! system before anything changes, and every change is a guard on one
 //! [`SystemChanges`] stack, so a failure at any step (or a signal) restores
 //! what was done so far, in reverse order.
+//!
+//! BGP ([`crate::bgp`]): the speaker starts right after the control socket,
+//! before any system change (a refused listener stops the start having
+//! changed nothing), and announces nothing until the dataplane runs; then
+//! `ecmp` mode announces the serviceable VIPs and `vrrp` mode follows the
+//! VIP states the VRRP thread publishes. Shutdown withdraws every route
+//! first (bounded), lets the dataplane forward [`WITHDRAW_SETTLE`] longer
+//! while the routers move away, then VRRP resigns and its grace runs, then
+//! the workers stop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -37,7 +46,10 @@ use vipgate_dataplane::snapshot::{
 };
 use vipgate_dataplane::worker::{self, Tables, WorkerEvent, WorkerHandle};
 
-use crate::config::{self, Config, InterfaceRole, IoBackend, Protocol, Scheduler, VipMode};
+use crate::bgp::{self, Bgp};
+use crate::config::{
+    self, AnnounceMode, Config, InterfaceRole, IoBackend, Protocol, Scheduler, VipMode,
+};
 use crate::control::{ControlServer, Handler};
 use crate::netlink::{Family, Link, RouteSocket, RtNetlink};
 use crate::privileges;
@@ -89,15 +101,6 @@ fn run_with(
     changes: &mut SystemChanges,
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
-    if !config.bgp.peers.is_empty() {
-        // Validated by `vipgate check`, but the speaker is not wired into
-        // the daemon yet: refuse rather than run without announcing.
-        bail!(
-            "[bgp] has {} peer(s), but this version of the daemon does not run BGP yet; \
-             remove the [bgp] section to run the gateway without announcements",
-            config.bgp.peers.len()
-        );
-    }
     // VRRP VIPs start inactive: an instance starts as backup.
     let vip_states: HashMap<IpAddr, VipState> = config
         .vrrp
@@ -138,6 +141,7 @@ fn run_with(
         node: config.node.name.clone(),
         started: Instant::now(),
         vrrp: OnceLock::new(),
+        bgp: OnceLock::new(),
         services: services.clone(),
         workers: pipelines
             .iter()
@@ -145,6 +149,12 @@ fn run_with(
             .collect(),
     });
     let control = start_control(&config.node.control_socket, state.clone())?;
+    // The speaker binds its listener now (a refused bind changes nothing)
+    // but announces only once the dataplane runs.
+    let bgp = start_bgp(config, &mut nl)?;
+    if let Some(b) = &bgp {
+        let _ = state.bgp.set(b.clone());
+    }
     if !memory_io {
         prepare_system(config, links, &vips, changes)?;
     }
@@ -178,11 +188,17 @@ fn run_with(
         "dataplane running"
     );
     resolve_backends(&mut nl, &services.load());
+    if let Some(b) = bgp
+        .as_deref()
+        .filter(|_| config.bgp.mode == AnnounceMode::Ecmp)
+    {
+        b.set_policy(bgp::Policy::new(config, &bgp::route_attrs(&config.bgp)?).wanted_ecmp(config));
+    }
     let vrrp = if vrrp_plan.instances.is_empty() {
         None
     } else {
         let counters = state.workers.iter().map(|(c, _)| c.clone()).collect();
-        let publish = publisher(config, links, services.clone(), counters);
+        let publish = publisher(config, links, services.clone(), counters, bgp.clone());
         let runtime = vrrp::run::spawn(vrrp_plan, publish)?;
         let _ = state.vrrp.set(runtime.shared());
         info!(instances = config.vrrp.instances.len(), "VRRP running");
@@ -194,11 +210,20 @@ fn run_with(
         &nexthops,
         &events,
         &handles,
-        vrrp.as_ref(),
+        Protocols {
+            vrrp: vrrp.as_ref(),
+            bgp: bgp.as_deref(),
+        },
         stop,
     );
-    // Planned switchover first: masters resign and the workers keep
-    // forwarding through the grace period.
+    // Routes first: withdraw everything (bounded) while the dataplane
+    // forwards, give the routers WITHDRAW_SETTLE to move their traffic,
+    // then VRRP's planned switchover (masters resign and the workers keep
+    // forwarding through the grace period), then the workers stop.
+    if let Some(b) = bgp {
+        b.shutdown();
+        std::thread::sleep(WITHDRAW_SETTLE);
+    }
     if let Some(v) = vrrp {
         v.shutdown();
     }
@@ -211,6 +236,25 @@ fn run_with(
     // Dropping the server removes its socket file.
     drop(control);
     result
+}
+
+/// How long the dataplane keeps forwarding after the BGP withdrawals on
+/// shutdown, for the routers to stop sending traffic here.
+const WITHDRAW_SETTLE: Duration = Duration::from_secs(1);
+
+/// Starts the BGP speaker when `[bgp]` has peers (routes come later).
+fn start_bgp(config: &Config, nl: &mut RtNetlink) -> Result<Option<Arc<Bgp>>> {
+    if config.bgp.peers.is_empty() {
+        return Ok(None);
+    }
+    // Refuse attributes the speaker cannot send before anything starts.
+    bgp::route_attrs(&config.bgp)?;
+    let router_id = system_view(nl)?.default_router_id();
+    Ok(Some(Arc::new(Bgp::start(
+        &config.bgp,
+        router_id,
+        Some(config.bgp.mode),
+    )?)))
 }
 
 /// Longest a VIP move waits for every worker to use the new snapshot.
@@ -235,7 +279,16 @@ fn publisher(
     links: &[Link],
     services: Arc<Published<ServiceSnapshot>>,
     workers: Vec<Arc<vipgate_dataplane::counters::WorkerCounters>>,
+    bgp: Option<Arc<Bgp>>,
 ) -> vrrp::run::Publish {
+    // `vrrp` mode: announce what this node masters, once the snapshot is
+    // in place; withdraw what it no longer masters.
+    let policy = bgp
+        .filter(|_| config.bgp.mode == AnnounceMode::Vrrp)
+        .and_then(|b| {
+            let attrs = bgp::route_attrs(&config.bgp).ok()?;
+            Some((b, bgp::Policy::new(config, &attrs)))
+        });
     let config = config.clone();
     let links = links.to_vec();
     let mut generation = 1;
@@ -259,7 +312,16 @@ fn publisher(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        if let Some((bgp, policy)) = &policy {
+            bgp.set_policy(policy.wanted_vrrp(states));
+        }
     })
+}
+
+/// The control-plane protocols the control loop watches and ticks.
+struct Protocols<'a> {
+    vrrp: Option<&'a VrrpRuntime>,
+    bgp: Option<&'a Bgp>,
 }
 
 /// Resolves neighbour misses, mirrors the kernel's routes and neighbours,
@@ -270,9 +332,10 @@ fn control_loop(
     nexthops: &Published<NextHopSnapshot>,
     events: &Receiver<WorkerEvent>,
     workers: &[WorkerHandle],
-    vrrp: Option<&VrrpRuntime>,
+    protocols: Protocols<'_>,
     stop: &AtomicBool,
 ) -> Result<()> {
+    let Protocols { vrrp, bgp } = protocols;
     let mut generation = 1;
     let mut last_mirror = Instant::now();
     let mut asked: HashMap<(u32, Addr16), Instant> = HashMap::new();
@@ -319,6 +382,9 @@ fn control_loop(
         }
         if vrrp.is_some_and(|v| v.is_finished()) {
             bail!("the VRRP thread stopped unexpectedly");
+        }
+        if let Some(b) = bgp {
+            b.tick(Instant::now());
         }
         if !asked.is_empty() && last_mirror.elapsed() > Duration::from_millis(50) {
             refresh = true;
@@ -438,11 +504,63 @@ struct StatusState {
     started: Instant,
     /// Set once the VRRP thread runs.
     vrrp: OnceLock<Arc<vrrp::run::Shared>>,
+    /// Set once the BGP speaker runs.
+    bgp: OnceLock<Arc<Bgp>>,
     services: Arc<Published<ServiceSnapshot>>,
     workers: Vec<(
         Arc<vipgate_dataplane::counters::WorkerCounters>,
         Arc<vipgate_dataplane::counters::BackendGauges>,
     )>,
+}
+
+impl StatusState {
+    fn bgp(&self) -> Result<&Bgp> {
+        self.bgp
+            .get()
+            .map(|b| &**b)
+            .ok_or_else(|| anyhow!("this daemon runs no BGP speaker ([bgp] has no peer)"))
+    }
+}
+
+/// `route.*`, `bgp.peers`, `drain`, `undrain`.
+fn bgp_command(bgp: &Bgp, cmd: &str, request: &Value) -> Result<Value> {
+    match cmd {
+        "route.announce" => {
+            let (prefix, attrs) = bgp::route_from_request(request)?;
+            bgp.operator_announce(prefix, attrs);
+            Ok(json!({ "prefix": prefix.to_string() }))
+        }
+        "route.withdraw" => {
+            let text = request["prefix"]
+                .as_str()
+                .ok_or_else(|| anyhow!("missing \"prefix\""))?;
+            let prefix = bgp::parse_prefix(text)?;
+            if !bgp.operator_withdraw(&prefix) {
+                bail!("{prefix} was not announced with `vipgate route announce`");
+            }
+            Ok(json!({ "prefix": prefix.to_string() }))
+        }
+        "route.list" => {
+            let peer = match request["peer"].as_str() {
+                Some(p) => Some(
+                    p.parse::<IpAddr>()
+                        .map_err(|_| anyhow!("invalid peer address {p:?}"))?,
+                ),
+                None => None,
+            };
+            Ok(bgp.rib_json(peer))
+        }
+        "bgp.peers" => Ok(bgp.peers_json()),
+        "drain" => {
+            let delay = bgp.drain(Instant::now());
+            Ok(json!({ "withdraw_in_ms": delay.as_millis() as u64 }))
+        }
+        "undrain" => {
+            bgp.undrain();
+            Ok(json!({}))
+        }
+        other => bail!("unknown BGP command {other:?}"),
+    }
 }
 
 impl Handler for StatusState {
@@ -466,8 +584,11 @@ impl Handler for StatusState {
                 let after = request["after"].as_u64().unwrap_or(0);
                 Ok(json!({ "events": vrrp()?.events_after(after) }))
             }
+            "route.announce" | "route.withdraw" | "route.list" | "bgp.peers" | "drain"
+            | "undrain" => bgp_command(self.bgp()?, cmd, request),
             other => bail!(
-                "unknown command {other:?}; known: status, vrrp.resign, vrrp.resume, vrrp.events"
+                "unknown command {other:?}; known: status, vrrp.resign, vrrp.resume, vrrp.events, \
+                 route.announce, route.withdraw, route.list, bgp.peers, drain, undrain"
             ),
         }
     }
@@ -525,6 +646,7 @@ impl StatusState {
             "generation": snapshot.generation,
             "services": services,
             "vrrp": self.vrrp.get().map_or(Value::Null, |v| v.status()),
+            "bgp": self.bgp.get().map_or(Value::Null, |b| b.status_json(Instant::now())),
             "workers": workers,
         })
     }

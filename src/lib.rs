@@ -7,6 +7,7 @@ compile_error!(
     "vipgate runs on Linux only: it needs AF_PACKET, rtnetlink, nftables and network namespaces"
 );
 
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod control;
