@@ -20,10 +20,9 @@ mod common;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{in_netns, wait_for, Lab};
+use common::{has_bird, in_netns, wait_for, Bird, Lab};
 use vipgate_routing::rib::RouteAttrs;
 use vipgate_routing::session::State;
 use vipgate_routing::speaker::{PeerConfig, Speaker, SpeakerConfig};
@@ -54,33 +53,6 @@ protocol bgp g2 from vgtpeer {{ neighbor 198.18.2.2 as 65001; ttl security on; }
 "#,
         log = log.display()
     )
-}
-
-fn has_bird() -> bool {
-    let ok = |p: &str| Command::new(p).arg("--version").output().is_ok();
-    ok("bird") && ok("birdc")
-}
-
-struct Bird {
-    sock: String,
-}
-
-impl Bird {
-    fn cmd(&self, args: &[&str]) -> String {
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .expect("birdc runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn established(&self, protocol: &str) -> bool {
-        self.cmd(&["show", "protocols", protocol])
-            .lines()
-            .any(|l| l.starts_with(protocol) && l.contains("Established"))
-    }
 }
 
 fn prefix(s: &str) -> Prefix {
@@ -129,23 +101,7 @@ fn bird_learns_multipath_vip_drain_md5_and_cease() {
     lab.addr(&g2, "g2", "198.18.2.2/24");
 
     let log = lab.dir.join("bird.log");
-    let conf = lab.dir.join("bird.conf");
-    std::fs::write(&conf, bird_conf(&log)).expect("write bird.conf");
-    let bird = Bird {
-        sock: lab.dir.join("bird.ctl").display().to_string(),
-    };
-    let pidfile = lab.dir.join("bird.pid").display().to_string();
-    let conf_s = conf.display().to_string();
-    lab.spawn(
-        &r,
-        "bird",
-        &["-c", &conf_s, "-s", &bird.sock, "-P", &pidfile, "-f"],
-    );
-    wait_for(Duration::from_secs(10), "BIRD control socket", || {
-        bird.cmd(&["show", "status"])
-            .contains("Daemon is up")
-            .then_some(())
-    });
+    let bird = Bird::start(&mut lab, &r, &bird_conf(&log));
 
     let mut p1 = peer("198.18.1.2", "198.18.1.1");
     p1.md5_password = Some("vipgate-md5".into());

@@ -173,3 +173,58 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// BIRD 2's daemon and client are installed.
+pub fn has_bird() -> bool {
+    let ok = |p: &str| Command::new(p).arg("--version").output().is_ok();
+    ok("bird") && ok("birdc")
+}
+
+/// A BIRD daemon of the lab, driven with `birdc`.
+pub struct Bird {
+    /// Its control socket.
+    pub sock: String,
+}
+
+impl Bird {
+    /// Start BIRD in `ns` with `config` (written to the lab's directory),
+    /// in the foreground as the lab's child; wait until it answers.
+    pub fn start(lab: &mut Lab, ns: &str, config: &str) -> Bird {
+        let conf = lab.dir.join("bird.conf");
+        std::fs::write(&conf, config).expect("write bird.conf");
+        let bird = Bird {
+            sock: lab.dir.join("bird.ctl").display().to_string(),
+        };
+        let pidfile = lab.dir.join("bird.pid").display().to_string();
+        let conf = conf.display().to_string();
+        lab.spawn(
+            ns,
+            "bird",
+            &["-c", &conf, "-s", &bird.sock, "-P", &pidfile, "-f"],
+        );
+        wait_for(Duration::from_secs(10), "BIRD control socket", || {
+            bird.cmd(&["show", "status"])
+                .contains("Daemon is up")
+                .then_some(())
+        });
+        bird
+    }
+
+    /// One birdc command; its stdout.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .expect("birdc runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// BIRD's `protocol` is Established.
+    pub fn established(&self, protocol: &str) -> bool {
+        self.cmd(&["show", "protocols", protocol])
+            .lines()
+            .any(|l| l.starts_with(protocol) && l.contains("Established"))
+    }
+}
