@@ -506,3 +506,58 @@ fn route_speak_drives_announcements_from_stdin() {
         lab.bird_route(prefix).is_empty().then_some(())
     });
 }
+
+#[test]
+fn vrrp_mode_announces_while_master() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let mut lab = Lab::new("v");
+    let file = lab.dir.join("gw.toml");
+    let config = daemon_config(&lab.dir).replace(
+        "[bgp]\n",
+        "[vrrp]\nadvert_interval = \"100ms\"\nresign_grace = \"500ms\"\nvip_mode = \"kernel\"\n\
+         [[vrrp.instance]]\nname = \"vip1\"\ninterface = \"g0\"\nvrid = 51\nvips = [\"198.18.10.10\"]\n\
+         [bgp]\nmode = \"vrrp\"\n",
+    );
+    std::fs::write(&file, config).expect("config");
+    let file = file.display().to_string();
+    let daemon = lab.spawn_vipgate(&["run", "--config", &file], Stdio::null(), Stdio::null());
+    let long = Duration::from_secs(30);
+    wait_for(long, "session Established in BIRD", || {
+        lab.established().then_some(())
+    });
+    // Alone on the link: master after the down interval, then announced.
+    wait_for(long, "VIP announced once master", || {
+        (!lab.bird_route(VIP).is_empty()).then_some(())
+    });
+    let status = lab.cli_json(&["status", "--json"]);
+    assert_eq!(
+        status["vrrp"]["instances"][0]["state"], "MASTER",
+        "{status:#}"
+    );
+    assert_eq!(status["bgp"]["mode"], "vrrp");
+    // Resigning withdraws at once (the grace keeps forwarding only).
+    let resigned = Instant::now();
+    lab.cli(&["vrrp", "resign", "vip1"]).expect("resign");
+    wait_for(long, "VIP withdrawn on resign", || {
+        lab.bird_route(VIP).is_empty().then_some(())
+    });
+    assert!(
+        resigned.elapsed() < Duration::from_secs(3),
+        "withdrawn late: {:?}",
+        resigned.elapsed()
+    );
+    lab.cli(&["vrrp", "resume", "vip1"]).expect("resume");
+    wait_for(long, "VIP announced again after resume", || {
+        (!lab.bird_route(VIP).is_empty()).then_some(())
+    });
+    end(&mut lab.children[daemon]);
+    let code = lab.children[daemon].try_wait().expect("try_wait");
+    assert!(
+        code.is_some_and(|c| c.success()),
+        "{code:?}\n{}",
+        lab.log("run")
+    );
+}
