@@ -51,22 +51,34 @@ use crate::vrrp::instance::VipState;
 
 // ------------------------------------------------------------ config mapping
 
-/// `[bgp]` as the speaker's configuration. `default_router_id` is used
-/// when `[bgp] router_id` is not set
-/// ([`config::SystemView::default_router_id`]).
+/// `[bgp]` as the speaker's configuration. From `system` (this machine's
+/// addresses): the router id when `[bgp] router_id` is not set
+/// ([`config::SystemView::default_router_id`]) and the next hops of the
+/// other family ([`cross_family_next_hops`]).
 pub fn speaker_config(
     bgp: &BgpConfig,
-    default_router_id: Option<Ipv4Addr>,
+    system: Option<&config::SystemView>,
 ) -> Result<SpeakerConfig> {
     let local_as = bgp
         .local_as
         .ok_or_else(|| anyhow!("[bgp] local_as is required with peers"))?;
+    let default_router_id = system.and_then(config::SystemView::default_router_id);
     let router_id = bgp.router_id.or(default_router_id).ok_or_else(|| {
         anyhow!(
             "[bgp] router_id is not set and this machine has no IPv4 address to use; set router_id"
         )
     })?;
-    let peers = bgp.peers.iter().map(peer_config).collect();
+    let peers = bgp
+        .peers
+        .iter()
+        .map(|p| {
+            let mut out = peer_config(p);
+            let (v4, v6) = cross_family_next_hops(p, system);
+            out.next_hop_ipv4 = v4;
+            out.next_hop_ipv6 = out.next_hop_ipv6.or(v6);
+            out
+        })
+        .collect();
     Ok(SpeakerConfig {
         local_as,
         router_id,
@@ -77,6 +89,38 @@ pub fn speaker_config(
             med: bgp.drain.med,
         },
     })
+}
+
+/// Next hops for the family the session's own address cannot give: on an
+/// IPv4 session carrying IPv6 unicast, the first global IPv6 address of
+/// the interface whose subnet holds the peer (and the reverse). `None`
+/// where there is none; the routing crate then does not send that
+/// family's routes to the peer (and counts them as unresolved).
+pub fn cross_family_next_hops(
+    p: &config::BgpPeerConfig,
+    system: Option<&config::SystemView>,
+) -> (Option<Ipv4Addr>, Option<std::net::Ipv6Addr>) {
+    let Some(link) = system.and_then(|s| {
+        s.interfaces
+            .iter()
+            .find(|i| i.subnet_holding(p.address).is_some())
+    }) else {
+        return (None, None);
+    };
+    let v4 = link.addresses.iter().find_map(|a| match a.address {
+        IpAddr::V4(x) if !x.is_loopback() => Some(x),
+        _ => None,
+    });
+    let v6 = link.addresses.iter().find_map(|a| match a.address {
+        // Not link-local (fe80::/10): a next hop must be global.
+        IpAddr::V6(x) if x.segments()[0] & 0xffc0 != 0xfe80 && !x.is_loopback() => Some(x),
+        _ => None,
+    });
+    match p.address {
+        IpAddr::V4(_) if p.carries(AddressFamily::Ipv6Unicast) => (None, v6),
+        IpAddr::V6(_) if p.carries(AddressFamily::Ipv4Unicast) => (v4, None),
+        _ => (None, None),
+    }
 }
 
 fn peer_config(p: &config::BgpPeerConfig) -> PeerConfig {
@@ -382,10 +426,10 @@ impl Bgp {
     /// nothing is announced yet. `mode`: None for `route speak`.
     pub fn start(
         bgp: &BgpConfig,
-        default_router_id: Option<Ipv4Addr>,
+        system: Option<&config::SystemView>,
         mode: Option<AnnounceMode>,
     ) -> Result<Bgp> {
-        let cfg = speaker_config(bgp, default_router_id)?;
+        let cfg = speaker_config(bgp, system)?;
         let speaker = Speaker::new(cfg).map_err(|e| anyhow!("BGP speaker: {e}"))?;
         info!(peers = bgp.peers.len(), "BGP speaker running");
         Ok(Bgp {
@@ -779,8 +823,7 @@ pub fn load_speak_config(path: &Path, view: Option<&config::SystemView>) -> Resu
 /// SIGINT) withdraws everything and returns.
 pub fn speak(path: &Path, view: Option<&config::SystemView>, stop: &AtomicBool) -> Result<()> {
     let bgp = load_speak_config(path, view)?;
-    let router_id = view.and_then(config::SystemView::default_router_id);
-    let speaker = Bgp::start(&bgp, router_id, None)?;
+    let speaker = Bgp::start(&bgp, view, None)?;
     let (tx, lines) = mpsc::channel::<String>();
     // The reader thread ends at EOF; it is not joined (stdin reads cannot
     // be interrupted), the process exits after us.
@@ -988,6 +1031,40 @@ prefix = "198.18.10.11/32"
         let sc = speaker_config(&config.bgp, None).unwrap();
         assert_eq!(sc.router_id, "198.18.0.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(sc.peers[0].hold_time, 90);
+    }
+
+    #[test]
+    fn ipv6_next_hop_of_an_ipv4_session_comes_from_the_link_towards_the_peer() {
+        let source = BGP.replace(
+            "remote_as = 64500\n",
+            "remote_as = 64500\nfamilies = [\"ipv4-unicast\", \"ipv6-unicast\"]\n",
+        );
+        let config = config::validate_str(&source, "t.toml", None).expect("valid");
+        let addr = |s: &str| s.parse::<config::InterfaceAddress>().expect("test address");
+        let view = config::SystemView::new(vec![
+            config::SystemInterface::new("lo", vec![addr("127.0.0.1/8")]),
+            config::SystemInterface::new(
+                "eth1",
+                vec![addr("198.18.5.2/24"), addr("2001:db8:5::2/64")],
+            ),
+            config::SystemInterface::new(
+                "eth0",
+                vec![
+                    addr("fe80::1/64"),
+                    addr("198.18.0.2/24"),
+                    addr("2001:db8::2/64"),
+                ],
+            ),
+        ]);
+        let sc = speaker_config(&config.bgp, Some(&view)).unwrap();
+        assert_eq!(
+            sc.peers[0].next_hop_ipv6,
+            Some("2001:db8::2".parse().unwrap())
+        );
+        assert_eq!(sc.peers[0].next_hop_ipv4, None);
+        // Without the view (or a link towards the peer): none.
+        let sc = speaker_config(&config.bgp, None).unwrap();
+        assert_eq!(sc.peers[0].next_hop_ipv6, None);
     }
 
     #[test]

@@ -249,10 +249,10 @@ fn start_bgp(config: &Config, nl: &mut RtNetlink) -> Result<Option<Arc<Bgp>>> {
     }
     // Refuse attributes the speaker cannot send before anything starts.
     bgp::route_attrs(&config.bgp)?;
-    let router_id = system_view(nl)?.default_router_id();
+    let view = system_view(nl)?;
     Ok(Some(Arc::new(Bgp::start(
         &config.bgp,
-        router_id,
+        Some(&view),
         Some(config.bgp.mode),
     )?)))
 }

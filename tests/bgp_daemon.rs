@@ -102,6 +102,7 @@ const BIRD_CONF: &str = r#"router id 198.18.1.1;
 log "{DIR}/bird.log" all;
 protocol device { scan time 1; }
 protocol kernel k4 { ipv4 { export all; }; merge paths on; }
+protocol kernel k6 { ipv6 { export all; }; merge paths on; }
 protocol bgp g1 {
   local as 65000;
   neighbor 198.18.1.2 as 65001;
@@ -110,6 +111,7 @@ protocol bgp g1 {
   connect retry time 2;
   error wait time 1, 5;
   ipv4 { import all; export none; };
+  ipv6 { import all; export none; };
 }
 "#;
 
@@ -147,6 +149,12 @@ impl Lab {
             "ip",
             &["-n", &g, "addr", "add", "198.18.1.2/24", "dev", "g0"],
         );
+        for (ns, dev, a) in [
+            (&r, "r0", "2001:db8:1::1/64"),
+            (&g, "g0", "2001:db8:1::2/64"),
+        ] {
+            run("ip", &["-n", ns, "addr", "add", a, "dev", dev, "nodad"]);
+        }
         lab.start_bird();
         lab
     }
@@ -181,6 +189,21 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits for the session, or panics with both logs.
+    fn wait_established(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.established() {
+            assert!(
+                Instant::now() < deadline,
+                "no session in BIRD within 30 s\nvipgate: {}{}\nBIRD: {}",
+                self.log("run"),
+                self.log("route"),
+                std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn established(&self) -> bool {
         self.birdc(&["show", "protocols", "g1"])
             .lines()
@@ -200,6 +223,10 @@ impl Lab {
     /// R's kernel FIB entry for `dst`.
     fn fib(&self, dst: &str) -> String {
         run("ip", &["-n", &self.r, "route", "show", dst])
+    }
+
+    fn fib6(&self, dst: &str) -> String {
+        run("ip", &["-n", &self.r, "-6", "route", "show", dst])
     }
 
     /// Start `vipgate ARGS` in G; its index in `children`.
@@ -268,6 +295,13 @@ port = 80
   [[service.backend]]
   address = "198.18.1.9"
 
+[[service]]
+name = "web6"
+vip = "2001:db8:10::10"
+port = 80
+  [[service.backend]]
+  address = "2001:db8:1::9"
+
 [bgp]
 local_as = 65001
 router_id = "198.18.1.2"
@@ -279,6 +313,7 @@ med = 500
 name = "upstream"
 address = "198.18.1.1"
 remote_as = 65000
+families = ["ipv4-unicast", "ipv6-unicast"]
 "#,
         dir = dir.display()
     )
@@ -296,9 +331,7 @@ fn daemon_announces_drains_and_withdraws_on_sigterm() {
     let file = file.display().to_string();
     let daemon = lab.spawn_vipgate(&["run", "--config", &file], Stdio::null(), Stdio::null());
     let long = Duration::from_secs(30);
-    wait_for(long, "session Established in BIRD", || {
-        lab.established().then_some(())
-    });
+    lab.wait_established();
 
     // ecmp policy: the VIP with a usable backend, in BIRD and R's FIB.
     wait_for(long, "VIP in R's kernel FIB", || {
@@ -315,7 +348,7 @@ fn daemon_announces_drains_and_withdraws_on_sigterm() {
     let p = &peers["peers"][0];
     assert_eq!(p["name"], "upstream");
     assert_eq!(p["state"], "Established");
-    assert_eq!(p["prefixes_sent"], 1);
+    assert_eq!(p["prefixes_sent"], 2);
     assert!(lab.cli(&["bgp", "peers"]).unwrap().contains("Established"));
 
     // Operator routes: announce, list (Adj-RIB-Out), kept apart from policy.
@@ -343,7 +376,11 @@ fn daemon_announces_drains_and_withdraws_on_sigterm() {
         .iter()
         .filter_map(|r| r["prefix"].as_str())
         .collect();
-    assert_eq!(prefixes, ["198.18.10.10/32", "198.18.11.0/24"], "{rib:#}");
+    assert_eq!(
+        prefixes,
+        ["198.18.10.10/32", "198.18.11.0/24", "2001:db8:10::10/128"],
+        "{rib:#}"
+    );
     assert!(lab.cli(&["route", "list"]).unwrap().contains("med 7"));
     let e = lab.cli(&["route", "withdraw", VIP]).unwrap_err();
     assert!(
@@ -351,7 +388,7 @@ fn daemon_announces_drains_and_withdraws_on_sigterm() {
         "{e}"
     );
     let status = lab.cli_json(&["status", "--json"]);
-    assert_eq!(status["bgp"]["announced"].as_array().map(Vec::len), Some(2));
+    assert_eq!(status["bgp"]["announced"].as_array().map(Vec::len), Some(3));
     assert!(lab.cli(&["status"]).unwrap().contains("bgp mode ecmp"));
     lab.cli_json(&["route", "withdraw", "198.18.11.0/24", "--json"]);
     wait_for(long, "operator route gone from BIRD", || {
@@ -412,6 +449,7 @@ fn daemon_announces_drains_and_withdraws_on_sigterm() {
         lab.log("run")
     );
     assert!(lab.fib("198.18.10.10").is_empty());
+    assert!(lab.fib6("2001:db8:10::10").is_empty());
 }
 
 /// Reads `route speak`'s answers on a thread (bounded waits).
@@ -466,9 +504,7 @@ fn route_speak_drives_announcements_from_stdin() {
         answers,
     };
     let long = Duration::from_secs(30);
-    wait_for(long, "session Established in BIRD", || {
-        lab.established().then_some(())
-    });
+    lab.wait_established();
 
     let prefix = "198.18.12.12/32";
     assert_eq!(
@@ -520,14 +556,16 @@ fn vrrp_mode_announces_while_master() {
         "[vrrp]\nadvert_interval = \"100ms\"\nresign_grace = \"500ms\"\nvip_mode = \"kernel\"\n\
          [[vrrp.instance]]\nname = \"vip1\"\ninterface = \"g0\"\nvrid = 51\nvips = [\"198.18.10.10\"]\n\
          [bgp]\nmode = \"vrrp\"\n",
+    )
+    .replace(
+        "[[service]]\nname = \"web6\"\nvip = \"2001:db8:10::10\"\nport = 80\n  [[service.backend]]\n  address = \"2001:db8:1::9\"\n",
+        "",
     );
     std::fs::write(&file, config).expect("config");
     let file = file.display().to_string();
     let daemon = lab.spawn_vipgate(&["run", "--config", &file], Stdio::null(), Stdio::null());
     let long = Duration::from_secs(30);
-    wait_for(long, "session Established in BIRD", || {
-        lab.established().then_some(())
-    });
+    lab.wait_established();
     // Alone on the link: master after the down interval, then announced.
     wait_for(long, "VIP announced once master", || {
         (!lab.bird_route(VIP).is_empty()).then_some(())
@@ -560,4 +598,53 @@ fn vrrp_mode_announces_while_master() {
         "{code:?}\n{}",
         lab.log("run")
     );
+}
+
+#[test]
+fn a_refused_listener_stops_the_start_having_changed_nothing() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let mut lab = Lab::new("l");
+    // Something else holds the BGP port on the node's address.
+    let holder = Command::new("ip")
+        .args(["netns", "exec", &lab.g, "python3", "-c"])
+        .arg(
+            "import socket,time\ns=socket.socket()\ns.bind(('198.18.1.2',179))\ns.listen()\n\
+             print('bound',flush=True)\ntime.sleep(60)",
+        )
+        .stdout(Stdio::piped())
+        .spawn();
+    let Ok(mut holder) = holder else {
+        println!("SKIPPED: python3 not available to hold the port");
+        return;
+    };
+    let mut ready = String::new();
+    let stdout = holder.stdout.take().expect("stdout");
+    lab.children.push(holder);
+    BufReader::new(stdout)
+        .read_line(&mut ready)
+        .expect("holder output");
+    assert_eq!(ready.trim(), "bound");
+    let file = lab.dir.join("gw.toml");
+    // The AF_PACKET dataplane: its system changes (sysctls, nftables)
+    // come after the speaker, so none may be left behind.
+    let config = daemon_config(&lab.dir)
+        .replace("io = \"memory\"\n", "")
+        .replace("[bgp]\n", "[bgp]\nlisten = \"198.18.1.2:179\"\n");
+    std::fs::write(&file, config).expect("config");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.g])
+        .arg(env!("CARGO_BIN_EXE_vipgate"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("vipgate run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("listen on 198.18.1.2:179"), "{stderr}");
+    assert!(!lab.dir.join("ctl.sock").exists(), "control socket removed");
+    let tables = run("ip", &["netns", "exec", &lab.g, "nft", "list", "tables"]);
+    assert!(!tables.contains("vipgate"), "{tables}");
 }
