@@ -541,6 +541,29 @@ fn route_speak_drives_announcements_from_stdin() {
     wait_for(long, "route withdrawn at EOF", || {
         lab.bird_route(prefix).is_empty().then_some(())
     });
+
+    // SIGTERM withdraws and exits too.
+    let i = lab.spawn_vipgate(
+        &["route", "speak", "--config", &file],
+        Stdio::piped(),
+        Stdio::null(),
+    );
+    lab.wait_established();
+    let mut stdin = lab.children[i].stdin.take().expect("stdin");
+    writeln!(stdin, "announce {prefix}").expect("write");
+    wait_for(long, "route announced again", || {
+        (!lab.bird_route(prefix).is_empty()).then_some(())
+    });
+    run("kill", &["-TERM", &lab.children[i].id().to_string()]);
+    let code = wait_for(
+        Duration::from_secs(10),
+        "route speak exits on SIGTERM",
+        || lab.children[i].try_wait().expect("try_wait"),
+    );
+    assert!(code.success(), "{code:?}\n{}", lab.log("route"));
+    wait_for(long, "route withdrawn on SIGTERM", || {
+        lab.bird_route(prefix).is_empty().then_some(())
+    });
 }
 
 #[test]
