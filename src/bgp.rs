@@ -149,8 +149,8 @@ fn peer_config(p: &config::BgpPeerConfig) -> PeerConfig {
 ///
 /// The speaker sends one set of attributes to every peer, so the peers
 /// must agree on them (they do when they are set under `[bgp]` only):
-/// MED and communities across all peers, prepend across eBGP peers (and
-/// none with an iBGP peer), local preference across iBGP peers. Anything
+/// MED and communities across all peers, prepend across eBGP peers (iBGP
+/// sessions never prepend), local preference across iBGP peers. Anything
 /// else is refused rather than sent to the wrong peer.
 pub fn route_attrs(bgp: &BgpConfig) -> Result<RouteAttrs> {
     let local_as = bgp.local_as.unwrap_or(0);
@@ -181,14 +181,6 @@ pub fn route_attrs(bgp: &BgpConfig) -> Result<RouteAttrs> {
     let prepend = ebgp.first().map_or(0, |p| p.prepend);
     if let Some(p) = ebgp.iter().find(|p| p.prepend != prepend) {
         return Err(differ("prepend", p));
-    }
-    let drain_prepend = bgp.drain.prepend;
-    if (prepend > 0 || drain_prepend > 0) && !ibgp.is_empty() {
-        bail!(
-            "[bgp] prepend (or [bgp.drain] prepend) with iBGP peer {:?}: this version prepends \
-             on every session, and an iBGP peer drops a path holding its own AS; remove the prepend",
-            ibgp[0].name
-        );
     }
     let local_pref = ibgp.first().and_then(|p| p.local_pref);
     if let Some(p) = ibgp.iter().find(|p| p.local_pref != local_pref) {

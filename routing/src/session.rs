@@ -692,7 +692,10 @@ impl Session {
     }
 
     fn path_attributes(&self, a: &Announcement, ibgp: bool) -> PathAttributes {
-        let copies = usize::from(a.prepend) + usize::from(!ibgp);
+        // iBGP: an empty AS_PATH and no prepends. Our AS in the path would
+        // make the peer, which is in the same AS, drop the route as a loop
+        // (FRR and BIRD do), and prepending only steers eBGP neighbours.
+        let copies = if ibgp { 0 } else { 1 + usize::from(a.prepend) };
         PathAttributes {
             origin: Some(Origin::Igp),
             as_path: Some(if copies == 0 {
@@ -1049,7 +1052,7 @@ mod tests {
     }
 
     #[test]
-    fn ibgp_sends_local_pref_and_prepends_only_on_request() {
+    fn ibgp_sends_local_pref_and_never_prepends() {
         let mut a = config_a();
         a.peer_as = A_AS;
         let mut b = config_b();
@@ -1066,10 +1069,7 @@ mod tests {
         let got = received(&pair.b_events);
         assert_eq!(got[0].treat_as_withdraw, None);
         assert_eq!(got[0].attributes.local_pref, Some(100));
-        assert_eq!(
-            got[0].attributes.as_path,
-            Some(vec![AsSegment::Sequence(vec![A_AS; 2])])
-        );
+        assert_eq!(got[0].attributes.as_path, Some(vec![]));
     }
 
     #[test]
