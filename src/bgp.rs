@@ -113,7 +113,7 @@ pub fn cross_family_next_hops(
     });
     let v6 = link.addresses.iter().find_map(|a| match a.address {
         // Not link-local (fe80::/10): a next hop must be global.
-        IpAddr::V6(x) if x.segments()[0] & 0xffc0 != 0xfe80 && !x.is_loopback() => Some(x),
+        IpAddr::V6(x) if !x.is_unicast_link_local() && !x.is_loopback() => Some(x),
         _ => None,
     });
     match p.address {

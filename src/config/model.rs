@@ -936,3 +936,8 @@ named!(AddressFamily, "address family", [
     AddressFamily::Ipv4Unicast => "ipv4-unicast",
     AddressFamily::Ipv6Unicast => "ipv6-unicast",
 ]);
+
+/// Whether `address` is IPv6 link-local (fe80::/10).
+pub fn is_link_local(address: IpAddr) -> bool {
+    matches!(address, IpAddr::V6(a) if a.is_unicast_link_local())
+}

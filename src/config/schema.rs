@@ -580,7 +580,7 @@ pub(crate) fn checked_address(s: &Section, key: &str, addr: At<IpAddr>) -> Optio
         a if a.is_loopback() => Some("a loopback address"),
         a if a.is_multicast() => Some("a multicast address"),
         IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some("an IPv6 link-local address"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => Some("an IPv6 link-local address"),
         _ => None,
     };
     let Some(problem) = problem else {

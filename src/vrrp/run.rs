@@ -239,7 +239,7 @@ fn primary_address(addrs: &[Addr], ifindex: u32, v6: bool) -> Option<IpAddr> {
         .map(|a| a.addr)
         .find(|a| match a {
             IpAddr::V4(_) => !v6,
-            IpAddr::V6(x) => v6 && (x.segments()[0] & 0xffc0) == 0xfe80,
+            IpAddr::V6(x) => v6 && x.is_unicast_link_local(),
         })
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::super::duration::format_duration;
 use super::super::error::ErrorKind;
-use super::super::model::{VipMode, VrrpChecksum, VrrpVersion};
+use super::super::model::{is_link_local, VipMode, VrrpChecksum, VrrpVersion};
 use super::super::reader::{At, Ctx};
 use super::super::schema::{
     Draft, InterfaceDraft, Setting, SyncGroupDraft, VrrpDraft, VrrpInstanceDraft,
@@ -548,10 +548,6 @@ fn check_vip_owners(ctx: &Ctx, instances: &[VrrpInstanceDraft]) {
             );
         }
     }
-}
-
-fn is_link_local(address: IpAddr) -> bool {
-    matches!(address, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 fn check_sync_groups(ctx: &Ctx, vrrp: &VrrpDraft) {

@@ -555,7 +555,7 @@ fn checked_peer_address(s: &Section, key: &str, addr: At<IpAddr>) -> Option<At<I
         a if a.is_unspecified() => "the unspecified address",
         a if a.is_multicast() => "a multicast address",
         IpAddr::V4(a) if a.is_broadcast() => "the broadcast address",
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+        IpAddr::V6(a) if a.is_unicast_link_local() => {
             "an IPv6 link-local address (a session to one needs an interface scope, which vipgate does not take)"
         }
         _ => return Some(addr),
@@ -644,7 +644,7 @@ fn read_next_hop_v6(s: &Section) -> Option<At<Ipv6Addr>> {
         a if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
             "is not a unicast address a router can forward to"
         }
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+        IpAddr::V6(a) if a.is_unicast_link_local() => {
             "is link-local; the global next hop of MP_REACH_NLRI must not be"
         }
         IpAddr::V6(a) => {

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use super::super::error::ErrorKind;
-use super::super::model::AddressFamily;
+use super::super::model::{is_link_local, AddressFamily};
 use super::super::reader::{At, Ctx};
 use super::super::schema::{BgpPeerDraft, Draft, Families};
 use super::{SystemInterface, SystemView};
@@ -80,10 +80,6 @@ fn own_addresses(view: &SystemView) -> impl Iterator<Item = IpAddr> + '_ {
         .iter()
         .flat_map(|i| i.addresses.iter().map(|a| a.address))
         .filter(|a| !a.is_loopback() && !is_link_local(*a))
-}
-
-fn is_link_local(address: IpAddr) -> bool {
-    matches!(address, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 fn check_peer(ctx: &Ctx, peer: &BgpPeerDraft, view: &SystemView) {
