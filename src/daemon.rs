@@ -778,9 +778,7 @@ pub fn build_services(
                 .map(|l| l.index)
                 .collect(),
         };
-        let mac = inst
-            .virtual_mac
-            .then(|| vrrp::announce::virtual_mac(inst.vrid, inst.is_v6()));
+        let mac = vrrp::announce::claimed_mac(inst);
         for v in &inst.vips {
             vrrp_links.insert(*v, (on.clone(), mac));
         }
@@ -972,8 +970,8 @@ fn virtual_macs_on(config: &Config, name: &str) -> Vec<[u8; 6]> {
         .vrrp
         .instances
         .iter()
-        .filter(|i| i.virtual_mac && i.interface == name && i.vip_mode == VipMode::Dataplane)
-        .map(|i| vrrp::announce::virtual_mac(i.vrid, i.is_v6()))
+        .filter(|i| i.interface == name && i.vip_mode == VipMode::Dataplane)
+        .filter_map(vrrp::announce::claimed_mac)
         .collect();
     macs.sort();
     macs.dedup();

@@ -10,6 +10,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use vipgate_dataplane::wire::arp::ArpRepr;
+
+use crate::config::VrrpInstanceConfig;
 use vipgate_dataplane::wire::ethernet::EthernetAddress;
 use vipgate_dataplane::wire::ndp::{self, NeighborFlags};
 
@@ -37,6 +39,13 @@ pub fn frame(buf: &mut [u8; MAX_FRAME], mac: [u8; 6], vip: IpAddr) -> Option<usi
         )
         .ok(),
     }
+}
+
+/// The virtual MAC `inst` answers with, if it has `virtual_mac = true`
+/// (dataplane mode only, which `vipgate check` enforces).
+pub fn claimed_mac(inst: &VrrpInstanceConfig) -> Option<[u8; 6]> {
+    inst.virtual_mac
+        .then(|| virtual_mac(inst.vrid, inst.is_v6()))
 }
 
 /// The virtual router MAC of RFC 5798 section 7.3: 00-00-5E-00-01-{VRID}

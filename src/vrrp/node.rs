@@ -153,6 +153,11 @@ impl Node {
         self.slots.iter().map(|s| &s.inst)
     }
 
+    /// The state of tracked object `key`, if any instance tracks it.
+    pub fn track(&self, key: &str) -> Option<bool> {
+        self.tracks.get(key).copied()
+    }
+
     /// Tracked objects and their states.
     pub fn tracks(&self) -> impl Iterator<Item = (&TrackKey, bool)> {
         self.tracks.iter().map(|(k, up)| (k, *up))

@@ -106,7 +106,6 @@ pub fn plan(config: &Config, links: &[Link], addrs: &[Addr]) -> Result<Plan> {
                     c.interface
                 )
             })?;
-        // `vipgate check` refuses virtual_mac = true (not supported yet).
         let v6 = c.is_v6();
         let primary = match c.unicast_source {
             Some(a) => a,
@@ -182,11 +181,7 @@ pub fn plan(config: &Config, links: &[Link], addrs: &[Addr]) -> Result<Plan> {
             },
             ifindex: link.index,
             ifname: link.name.clone(),
-            mac: if c.virtual_mac {
-                announce::virtual_mac(c.vrid, v6)
-            } else {
-                link.mac
-            },
+            mac: announce::claimed_mac(c).unwrap_or(link.mac),
             mode: c.vip_mode,
             checksum: match c.checksum {
                 VrrpChecksum::PseudoHeader => ChecksumMode::PseudoHeader,
@@ -360,6 +355,11 @@ pub fn spawn(plan: Plan, publish: Publish) -> Result<VrrpRuntime> {
         .iter()
         .flat_map(|p| p.cfg.vips.iter().map(|v| (*v, VipState::Inactive)))
         .collect();
+    let scripts = plan
+        .scripts
+        .iter()
+        .map(|_| ScriptState::default())
+        .collect();
     let mut runner = Runner {
         node,
         plan,
@@ -369,7 +369,7 @@ pub fn spawn(plan: Plan, publish: Publish) -> Result<VrrpRuntime> {
         shared: shared.clone(),
         requests: rx,
         hooks: Vec::new(),
-        scripts: HashMap::new(),
+        scripts,
         wire_drops: HashMap::new(),
         seq: 0,
         kernel_vips: Vec::new(),
@@ -448,7 +448,8 @@ struct Runner {
     shared: Arc<Shared>,
     requests: Receiver<Envelope>,
     hooks: Vec<Child>,
-    scripts: HashMap<TrackKey, ScriptState>,
+    /// State of each of `plan.scripts`, same order.
+    scripts: Vec<ScriptState>,
     /// Adverts the wire layer refused, per instance and reason.
     wire_drops: HashMap<usize, BTreeMap<&'static str, u64>>,
     seq: u64,
@@ -805,9 +806,12 @@ impl Runner {
         }
     }
 
+    /// Starts due scripts and collects finished ones; rise/fall decide
+    /// when a script's track changes. Runs every loop: allocates nothing
+    /// unless a script finished.
     fn run_scripts(&mut self, now: Instant) {
-        for s in self.plan.scripts.clone() {
-            let state = self.scripts.entry(s.key.clone()).or_default();
+        let mut changed = Vec::new();
+        for (i, (s, state)) in self.plan.scripts.iter().zip(&mut self.scripts).enumerate() {
             let mut result = None;
             if let Some((child, started)) = &mut state.child {
                 match child.try_wait() {
@@ -851,18 +855,17 @@ impl Runner {
                 (state.fail_run >= s.fall).then_some(false)
             };
             if let Some(up) = verdict {
-                self.track(now, &s.key, up);
+                changed.push((i, up));
             }
+        }
+        for (i, up) in changed {
+            let key = self.plan.scripts[i].key.clone();
+            self.track(now, &key, up);
         }
     }
 
     fn track(&mut self, now: Instant, key: &str, up: bool) {
-        let was = self
-            .node
-            .tracks()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, u)| u);
-        if was != Some(up) {
+        if self.node.track(key) != Some(up) {
             info!(track = key, up, "VRRP: tracked object changed");
             self.status_due = true;
         }
