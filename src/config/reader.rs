@@ -382,6 +382,27 @@ impl<'a> Section<'a> {
 
     /// The items of `key = [...]`, each with its span; `None` (reported) if
     /// the value is not an array or an item is not a string.
+    /// A secret of 1..=`max` bytes (a password, a key). Otherwise reports
+    /// `why(length)` with `help` and returns `None`.
+    pub(crate) fn secret(
+        &self,
+        key: &str,
+        max: usize,
+        why: impl FnOnce(usize) -> String,
+        help: String,
+    ) -> Option<At<String>> {
+        let text = self.string(key, "\"secret\"")?;
+        let len = text.value.len();
+        if (1..=max).contains(&len) {
+            return Some(At {
+                value: text.value.to_string(),
+                span: text.span,
+            });
+        }
+        self.invalid(key, &text.span, why(len), help);
+        None
+    }
+
     pub(crate) fn strings(&self, key: &str, example: &str) -> Option<At<Vec<At<&'a str>>>> {
         let entry = self.table.get(key)?;
         let Value::Array(items) = &entry.node.value else {

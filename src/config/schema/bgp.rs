@@ -570,21 +570,16 @@ fn checked_peer_address(s: &Section, key: &str, addr: At<IpAddr>) -> Option<At<I
 }
 
 fn read_md5(s: &Section) -> Option<At<String>> {
-    let text = s.string("md5_password", "\"secret\"")?;
-    let len = text.value.len();
-    if (1..=MAX_MD5_PASSWORD).contains(&len) {
-        return Some(At {
-            value: text.value.to_string(),
-            span: text.span,
-        });
-    }
-    s.invalid(
+    s.secret(
         "md5_password",
-        &text.span,
-        format!("md5_password is {len} bytes long; a TCP MD5 key is 1 to {MAX_MD5_PASSWORD} bytes"),
+        MAX_MD5_PASSWORD,
+        |len| {
+            format!(
+                "md5_password is {len} bytes long; a TCP MD5 key is 1 to {MAX_MD5_PASSWORD} bytes"
+            )
+        },
         format!("use the key the peer has, 1 to {MAX_MD5_PASSWORD} bytes, or remove md5_password"),
-    );
-    None
+    )
 }
 
 fn read_families(s: &Section) -> Families {

@@ -461,21 +461,12 @@ fn checked_vrrp_address(s: &Section, key: &str, addr: At<IpAddr>) -> Option<At<I
 }
 
 fn read_auth_pass(s: &Section) -> Option<At<String>> {
-    let text = s.string("auth_pass", "\"secret\"")?;
-    let len = text.value.len();
-    if (1..=MAX_AUTH_PASS).contains(&len) {
-        return Some(At {
-            value: text.value.to_string(),
-            span: text.span,
-        });
-    }
-    s.invalid(
+    s.secret(
         "auth_pass",
-        &text.span,
-        format!("auth_pass is {len} bytes long; version 2 authentication carries 1 to {MAX_AUTH_PASS}"),
+        MAX_AUTH_PASS,
+        |len| format!("auth_pass is {len} bytes long; version 2 authentication carries 1 to {MAX_AUTH_PASS}"),
         format!("use a password of 1 to {MAX_AUTH_PASS} bytes (keepalived cuts longer ones), or remove auth_pass"),
-    );
-    None
+    )
 }
 
 fn read_track(inst: &Section, index: usize, table: &Table, span: Option<Span>) -> TrackDraft {
