@@ -1325,3 +1325,141 @@ proptest::proptest! {
         }
     }
 }
+
+/// Lines 1-16 of every broken health config: [`head!`], then the service
+/// "web" on 198.18.10.10:80 with two backends (weights 1 and 2) on lines
+/// 11-16. Line 17 is the first line of the case.
+macro_rules! health {
+    ($($rest:tt)*) => {
+        head!(
+            "[[service]]\n",
+            "name = \"web\"\n",
+            "vip = \"198.18.10.10\"\n",
+            "port = 80\n",
+            "backend = [{ address = \"198.18.20.2\" },\n",
+            "           { address = \"198.18.20.3\", weight = 2 }]\n",
+            $($rest)*
+        )
+    };
+}
+
+const HEALTH_CASES: &[Case] = &[
+    Case {
+        what: "health: a valid http check with defaults and overrides",
+        source: health!("[service.health]\ntype = \"http\"\npath = \"/health\"\nexpect_status = [200, \"300-399\"]\n[health]\ninterval = \"1s\"\ntimeout = \"500ms\"\n"),
+        expected: &[],
+    },
+    Case {
+        what: "health: keys of another check type, and a missing payload",
+        source: health!("[service.health]\ntype = \"tcp\"\npath = \"/\"\nbody_contains = \"ok\"\n[health]\ntype = \"udp\"\npath = \"/ignored-here\"\n"),
+        expected: &[
+            "b.toml:19:1: service[0].health.path: path applies to http and https checks, and this check is type = \"tcp\"; remove path, or set type to http or https",
+            "b.toml:20:1: service[0].health.body_contains: body_contains applies to http and https checks, and this check is type = \"tcp\"; remove body_contains, or set type to http or https",
+            "b.toml:22:8: health.payload: a udp check needs payload; add payload = \"ping\\n\"",
+        ],
+    },
+    Case {
+        what: "health: timing that cannot work",
+        source: health!("[health]\ninterval = \"1s\"\ntimeout = \"2s\"\njitter = \"600ms\"\nrise = 0\n"),
+        expected: &[
+            "b.toml:19:11: health.timeout: timeout 2s is longer than interval 1s; use a timeout of at most 1s, or a longer interval",
+            "b.toml:20:10: health.jitter: jitter 600ms is more than half of interval 1s; use a jitter of at most 500ms",
+            "b.toml:21:8: health.rise: rise 0 is out of range 1..=100; use 1 to 100",
+        ],
+    },
+    Case {
+        what: "health: bad values",
+        source: health!("[service.health]\ntype = \"htp\"\nexpect_status = [200, \"600-700\"]\nbody_sha256 = \"abc\"\n"),
+        expected: &[
+            "b.toml:18:8: service[0].health.type: unknown health check type \"htp\"; expected one of none, tcp, http, https, udp, command (did you mean \"http\"?)",
+            "b.toml:19:23: service[0].health.expect_status[1]: not an HTTP status code or range of them; use codes from 100 to 599 or \"low-high\" ranges, e.g. expect_status = [200, \"300-399\"]",
+            "b.toml:20:15: service[0].health.body_sha256: body_sha256 is not a SHA-256 digest in hex; write the 64 hex digits `sha256sum` prints for the expected body",
+        ],
+    },
+    Case {
+        what: "health: quorum, hysteresis, sorry server and source families",
+        source: health!("quorum = 3\nhysteresis = 3\nsorry_server = \"[2001:db8::9]:80\"\n[service.health]\ntype = \"tcp\"\nsource = \"2001:db8::1\"\n"),
+        expected: &[
+            "b.toml:17:10: service[0].quorum: quorum 3 + hysteresis 3 is more than the backends' total weight 3: the service could never count as up; use a quorum of at most 3 (minus hysteresis), or add backends",
+            "b.toml:18:14: service[0].hysteresis: hysteresis 3 is not below quorum 3: the service could never count as down; use a hysteresis from 0 to 2",
+            "b.toml:19:16: service[0].sorry_server: sorry_server 2001:db8::9 is IPv6 but the VIP 198.18.10.10 is IPv4; use a sorry server of the VIP's family (the dataplane does not translate between families)",
+            "b.toml:22:10: service[0].backend[0].health.source: health check source 2001:db8::1 is IPv6 but backend 198.18.20.2 is IPv4; set source in the service's or backend's [health] table to an address of the backend's family",
+        ],
+    },
+];
+
+#[test]
+fn broken_health_configs_produce_the_expected_errors() {
+    let failures: Vec<String> = HEALTH_CASES
+        .iter()
+        .filter_map(|case| {
+            check_case(case)
+                .err()
+                .map(|e| format!("--- {}:\n{e}", case.what))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn health_checks_inherit_from_health_to_service_to_backend() {
+    use config::{CheckConfig, HealthCheckConfig, HttpCheckConfig};
+    let source = health!(
+        "sorry_server = \"198.18.20.9\"\nquorum = 2\nhysteresis = 1\nhold_down = \"5s\"\n",
+        "[service.health]\ntype = \"https\"\npath = \"/ok\"\nbody_contains = \"up\"\n",
+        "[[service]]\nname = \"dns\"\nvip = \"198.18.10.10\"\nport = 53\nprotocol = \"udp\"\n",
+        "[[service.backend]]\naddress = \"198.18.20.2\"\n",
+        "[service.backend.health]\ntype = \"udp\"\npayload = \"ping\"\nexpect = \"pong\"\nfall = 5\n",
+        "[[service.backend]]\naddress = \"198.18.20.3\"\n",
+        "[health]\ninterval = \"1s\"\ntimeout = \"300ms\"\nrise = 1\njitter = \"100ms\"\nsource = \"198.18.20.1\"\n",
+    );
+    let config = validate_str(source, "h.toml", Some(&broken_view())).expect("valid");
+    let web = &config.services[0];
+    assert_eq!(web.health.quorum, 2);
+    assert_eq!(web.health.hysteresis, 1);
+    assert_eq!(web.health.hold_down, Duration::from_secs(5));
+    assert_eq!(
+        web.health.sorry_server,
+        Some("198.18.20.9:80".parse().unwrap())
+    );
+    let https = HealthCheckConfig {
+        check: CheckConfig::Http(HttpCheckConfig {
+            port: web.port,
+            tls: true,
+            tls_verify: false,
+            server_name: None,
+            path: "/ok".into(),
+            host: None,
+            expect_status: vec![(200, 299)],
+            body_contains: Some("up".into()),
+            body_sha256: None,
+        }),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(300),
+        rise: 1,
+        fall: 3,
+        retries: 0,
+        retry_delay: Duration::from_millis(200),
+        startup_delay: Duration::ZERO,
+        jitter: Duration::from_millis(100),
+        source: Some("198.18.20.1".parse().unwrap()),
+        inhibit_on_failure: false,
+    };
+    assert_eq!(web.backends[0].health.as_ref(), Some(&https));
+    assert_eq!(web.backends[1].health.as_ref(), Some(&https));
+    let dns = &config.services[1];
+    let udp = dns.backends[0].health.as_ref().expect("checked");
+    assert_eq!(
+        udp.check,
+        CheckConfig::Udp {
+            port: dns.port,
+            payload: b"ping".to_vec(),
+            expect: Some(b"pong".to_vec()),
+        }
+    );
+    assert_eq!((udp.fall, udp.rise), (5, 1), "own fall, [health]'s rise");
+    assert_eq!(
+        dns.backends[1].health, None,
+        "no [service.health]: type none"
+    );
+}

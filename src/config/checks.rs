@@ -18,6 +18,7 @@ use super::schema::{next_prime, Draft, InterfaceDraft, ServiceDraft};
 use super::tree::Span;
 
 mod bgp;
+mod health;
 mod vrrp;
 
 pub(crate) fn check(ctx: &Ctx, draft: &Draft) {
@@ -33,6 +34,7 @@ pub(crate) fn check(ctx: &Ctx, draft: &Draft) {
     }
     vrrp::check(ctx, draft);
     bgp::check(ctx, draft);
+    health::check(ctx, draft);
 }
 
 /// Remembers the first span of each key; returns the first span when `key`

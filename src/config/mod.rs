@@ -49,10 +49,40 @@
 //! scheduler = "maglev"                           # rr | wrr | lc | sh | maglev
 //! maglev_table_size = 65537                      # prime; maglev and sh only
 //! forwarding = "nat"                             # only nat for now
+//! quorum = 1                                     # healthy backend weight needed to count as up
+//! hysteresis = 0                                 # up at quorum + h, down below quorum - h
+//! hold_down = "0s"                               # down at least this long before up again
+//! sorry_server = "198.18.2.9:8080"               # optional; takes clients while no backend is usable
+//!   [service.health]                             # the check of every backend; keys as [health]
 //!   [[service.backend]]                          # at least one per service
 //!   address = "198.18.2.2"                       # required
 //!   port = 8080                                  # default: the service port
 //!   weight = 1                                   # 0..=65535, 0 = drain
+//!     [service.backend.health]                   # this backend's own check; keys as [health]
+//!
+//! [health]                                       # optional; defaults for every check
+//! type = "none"                                  # none | tcp | http | https | udp | command
+//! interval = "2s"                                # 100ms..=1h
+//! timeout = "1s"                                 # per attempt; at most interval
+//! rise = 2                                       # passes to become healthy, 1..=100
+//! fall = 3                                       # failures to become failed, 1..=100
+//! retries = 0                                    # extra attempts inside one check, 0..=10
+//! retry_delay = "200ms"
+//! startup_delay = "0s"                           # healthy until the first check after this
+//! jitter = "0s"                                  # at most interval / 2
+//! source = "198.18.2.1"                          # optional probe source address
+//! inhibit_on_failure = false                     # true: weight 0 instead of removal
+//! port = 8080                                    # tcp/http/https/udp; default: the backend port
+//! path = "/"                                     # http/https
+//! host = "www.example"                           # http/https Host header; default: the address
+//! expect_status = [200, "300-399"]               # http/https; default ["200-299"]
+//! body_contains = "ok"                           # http/https, optional
+//! body_sha256 = "e3b0..."                        # http/https, optional, 64 hex digits
+//! tls_verify = false                             # https: check the certificate
+//! server_name = "www.example"                    # https: SNI; default: host
+//! payload = "ping"                               # udp, required
+//! expect = "pong"                                # udp: reply must start with this
+//! command = "/usr/local/bin/check-web"           # command, required; /bin/sh -c, exit 0 = pass
 //!
 //! [vrrp]                                         # optional; defaults for every instance
 //! version = 3                                    # 3 (RFC 5798) | 2 (RFC 3768, IPv4 only)
@@ -117,10 +147,7 @@
 //!   med = 10                                     # optional; replaces the peer's
 //! ```
 //!
-//! Reserved for later work and rejected with a message saying so:
-//! `[health]`, and `health` inside `[[service]]` and `[[service.backend]]`.
-//! Any other unknown key is an error too, with a "did you mean" where one is
-//! close.
+//! An unknown key is an error, with a "did you mean" where one is close.
 
 #![forbid(unsafe_code)]
 
@@ -300,7 +327,9 @@ port = 80
         assert_eq!(service.scheduler, Scheduler::Maglev);
         assert_eq!(service.maglev_table_size, DEFAULT_MAGLEV_TABLE_SIZE);
         assert_eq!(service.forwarding, Forwarding::Nat);
-        let backend = service.backends[0];
+        let backend = &service.backends[0];
+        assert_eq!(backend.health, None, "no check unless configured");
+        assert_eq!(service.health, ServiceHealthConfig::default());
         assert_eq!(
             backend.port.get(),
             80,

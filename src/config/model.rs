@@ -30,9 +30,6 @@ pub const MAX_CONN_CAPACITY: u32 = 1 << 27;
 pub const MAX_WORKERS: u16 = 1024;
 
 /// A whole vipgate configuration after validation.
-///
-/// Reserved for later work (rejected today with an error that says so):
-/// `[health]`, and `health` inside `[[service]]` and `[[service.backend]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node: NodeConfig,
@@ -141,15 +138,19 @@ pub struct ServiceConfig {
     /// 1..=[`MAX_BACKENDS`]; (address, port) unique; same address family
     /// as `vip`.
     pub backends: Vec<BackendConfig>,
+    /// When the service counts as able to serve, and its sorry server.
+    pub health: ServiceHealthConfig,
 }
 
 /// `[[service.backend]]`: one real server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     pub address: IpAddr,
     pub port: NonZeroU16,
     /// 0 drains the backend: no new connections, existing ones continue.
     pub weight: u16,
+    /// `None`: not checked, always healthy.
+    pub health: Option<HealthCheckConfig>,
 }
 
 /// Transport protocol of a service.
@@ -941,3 +942,131 @@ named!(AddressFamily, "address family", [
 pub fn is_link_local(address: IpAddr) -> bool {
     matches!(address, IpAddr::V6(a) if a.is_unicast_link_local())
 }
+
+/// `quorum` of a service when not given: one healthy backend's weight.
+pub const DEFAULT_QUORUM: u32 = 1;
+
+/// How one backend is health-checked: `[health]` gives defaults,
+/// `[service.health]` the service's check, `[service.backend.health]` a
+/// backend's own. A backend whose resolved `type` is `none` (the default)
+/// is not checked and counts as healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub check: CheckConfig,
+    /// Between two checks of the backend.
+    pub interval: Duration,
+    /// Per attempt; at most `interval`.
+    pub timeout: Duration,
+    /// Consecutive passed checks that make a failed backend healthy.
+    pub rise: u32,
+    /// Consecutive failed checks that make a healthy backend failed.
+    pub fall: u32,
+    /// Attempts after the first inside one check before it fails.
+    pub retries: u32,
+    pub retry_delay: Duration,
+    /// Before the first check (the backend counts as healthy meanwhile).
+    pub startup_delay: Duration,
+    /// Each interval varies by up to this much, so checks of many
+    /// backends spread out; at most half the interval.
+    pub jitter: Duration,
+    /// Source address of probes; `None`: the kernel's choice.
+    pub source: Option<IpAddr>,
+    /// A failed backend keeps its place with weight 0 (its connections
+    /// continue) instead of leaving the service.
+    pub inhibit_on_failure: bool,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckConfig {
+    /// A TCP connection to the port is accepted.
+    Tcp { port: NonZeroU16 },
+    /// `GET path` answers with an expected status (and body).
+    Http(HttpCheckConfig),
+    /// A datagram to the port gets a reply (starting with `expect`).
+    Udp {
+        port: NonZeroU16,
+        payload: Vec<u8>,
+        expect: Option<Vec<u8>>,
+    },
+    /// A shell command (`/bin/sh -c`) exits 0; the backend's address and
+    /// port are in `VIPGATE_BACKEND_ADDRESS` and `VIPGATE_BACKEND_PORT`.
+    Command { command: String },
+}
+
+/// `type = "http"` or `"https"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheckConfig {
+    pub port: NonZeroU16,
+    pub tls: bool,
+    /// `https` only: check the certificate against the system roots.
+    pub tls_verify: bool,
+    /// `https` only: SNI and certificate name; default: `host`.
+    pub server_name: Option<String>,
+    /// Starts with `/`.
+    pub path: String,
+    /// `Host` header; default: the backend address.
+    pub host: Option<String>,
+    /// Accepted status codes, inclusive ranges; default 200..=299.
+    pub expect_status: Vec<(u16, u16)>,
+    pub body_contains: Option<String>,
+    pub body_sha256: Option<[u8; 32]>,
+}
+
+/// A service's health policy: when it counts as able to serve (for BGP
+/// and VRRP `service` tracking) and where it sends clients when it cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceHealthConfig {
+    /// Sum of the weights of healthy backends the service needs.
+    pub quorum: u32,
+    /// Up at `quorum + hysteresis`, down below `quorum - hysteresis`.
+    pub hysteresis: u32,
+    /// After going down, the service stays down at least this long.
+    pub hold_down: Duration,
+    /// Takes new connections while no backend is usable.
+    pub sorry_server: Option<SocketAddr>,
+}
+
+impl Default for ServiceHealthConfig {
+    fn default() -> Self {
+        ServiceHealthConfig {
+            quorum: DEFAULT_QUORUM,
+            hysteresis: 0,
+            hold_down: Duration::ZERO,
+            sorry_server: None,
+        }
+    }
+}
+
+impl CheckConfig {
+    /// The name as written after `type =`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckConfig::Tcp { .. } => "tcp",
+            CheckConfig::Http(h) if h.tls => "https",
+            CheckConfig::Http(_) => "http",
+            CheckConfig::Udp { .. } => "udp",
+            CheckConfig::Command { .. } => "command",
+        }
+    }
+}
+
+/// `type` of a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckType {
+    None,
+    Tcp,
+    Http,
+    Https,
+    Udp,
+    Command,
+}
+
+named!(CheckType, "health check type", [
+    CheckType::None => "none",
+    CheckType::Tcp => "tcp",
+    CheckType::Http => "http",
+    CheckType::Https => "https",
+    CheckType::Udp => "udp",
+    CheckType::Command => "command",
+]);

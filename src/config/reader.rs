@@ -431,6 +431,20 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// The items of `key = [...]`, whatever their types; `None` (reported)
+    /// if the value is not an array.
+    pub(crate) fn array(&self, key: &str, example: &str) -> Option<At<&'a [Node]>> {
+        let entry = self.table.get(key)?;
+        let Value::Array(items) = &entry.node.value else {
+            self.wrong_type(key, &entry.node, "an array", example);
+            return None;
+        };
+        Some(At {
+            value: items.as_slice(),
+            span: entry.node.span.clone(),
+        })
+    }
+
     /// `key = ["198.18.0.1", ...]`: IP addresses; `None` (reported) if any
     /// item is not one.
     pub(crate) fn ips(&self, key: &str, example: &str) -> Option<At<Vec<At<IpAddr>>>> {

@@ -13,16 +13,26 @@ use std::time::Duration;
 
 use super::error::ErrorKind;
 use super::model::*;
-use super::reader::{At, Ctx, Reserved, Section};
+use super::reader::{At, Ctx, Section};
 use super::tree::{Span, Table};
 
 mod bgp;
+mod health;
 mod vrrp;
 
 pub(crate) use bgp::{AnnounceDraft, BgpDraft, BgpPeerDraft, Families};
+pub(crate) use health::{CheckSettings, ServiceHealthDraft};
 pub(crate) use vrrp::{Setting, SyncGroupDraft, VrrpDraft, VrrpInstanceDraft};
 
-const ROOT_KEYS: &[&str] = &["node", "interface", "dataplane", "service", "vrrp", "bgp"];
+const ROOT_KEYS: &[&str] = &[
+    "node",
+    "interface",
+    "dataplane",
+    "service",
+    "vrrp",
+    "bgp",
+    "health",
+];
 const NODE_KEYS: &[&str] = &["name", "control_socket"];
 const INTERFACE_KEYS: &[&str] = &["name", "role"];
 const DATAPLANE_KEYS: &[&str] = &[
@@ -46,24 +56,13 @@ const SERVICE_KEYS: &[&str] = &[
     "maglev_table_size",
     "forwarding",
     "backend",
+    "health",
+    "quorum",
+    "hysteresis",
+    "hold_down",
+    "sorry_server",
 ];
-const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
-
-const ROOT_RESERVED: &[Reserved] = &[Reserved {
-    key: "health",
-    message: "[health] is reserved for health checking, which this version of vipgate does not implement yet",
-    help: "remove the [health] section for now",
-}];
-const SERVICE_RESERVED: &[Reserved] = &[Reserved {
-    key: "health",
-    message: "service health checks are reserved for a later version of vipgate",
-    help: "remove the [service.health] section for now",
-}];
-const BACKEND_RESERVED: &[Reserved] = &[Reserved {
-    key: "health",
-    message: "backend health checks are reserved for a later version of vipgate",
-    help: "remove the [service.backend.health] section for now",
-}];
+const BACKEND_KEYS: &[&str] = &["address", "port", "weight", "health"];
 
 /// Longest control socket path: `sun_path` is 108 bytes with the final NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -102,6 +101,7 @@ pub(crate) struct ServiceDraft {
     /// `[[service.backend]]` entries in the file, valid or not.
     pub declared_backends: usize,
     pub backends: Vec<BackendDraft>,
+    pub health: ServiceHealthDraft,
 }
 
 pub(crate) struct BackendDraft {
@@ -109,6 +109,8 @@ pub(crate) struct BackendDraft {
     pub address: Option<At<IpAddr>>,
     pub port: BackendPort,
     pub weight: Option<At<u16>>,
+    /// The resolved check settings ([health], [service.health], own).
+    pub health: CheckSettings,
 }
 
 /// A backend's `port`: absent means the service port.
@@ -120,19 +122,12 @@ pub(crate) enum BackendPort {
 
 /// Reads the whole document; every problem goes to `ctx`.
 pub(crate) fn read(ctx: &Ctx, root: &Table) -> Draft {
-    let root = Section::open(
-        ctx,
-        root,
-        String::new(),
-        "",
-        Some(0..0),
-        ROOT_KEYS,
-        ROOT_RESERVED,
-    );
+    let root = Section::open(ctx, root, String::new(), "", Some(0..0), ROOT_KEYS, &[]);
     let node = read_node(&root);
     let interfaces = read_interfaces(&root);
     let dataplane = read_dataplane(&root);
-    let services = read_services(&root);
+    let health = health::read_defaults(&root);
+    let services = read_services(&root, &health);
     let vrrp = vrrp::read(&root);
     let bgp = bgp::read(&root);
     Draft {
@@ -438,7 +433,7 @@ fn read_timeouts(dp: &Section, timeouts: &mut ConnTimeouts) {
     }
 }
 
-fn read_services(root: &Section) -> Vec<ServiceDraft> {
+fn read_services(root: &Section, health: &CheckSettings) -> Vec<ServiceDraft> {
     let tables = root.tables("service", "[[service]]");
     if tables.is_empty() && !root.has("service") {
         root.ctx.report(
@@ -451,11 +446,17 @@ fn read_services(root: &Section) -> Vec<ServiceDraft> {
     }
     tables
         .into_iter()
-        .map(|(index, table, span)| read_service(root, index, table, span))
+        .map(|(index, table, span)| read_service(root, health, index, table, span))
         .collect()
 }
 
-fn read_service(root: &Section, index: usize, table: &Table, span: Option<Span>) -> ServiceDraft {
+fn read_service(
+    root: &Section,
+    health: &CheckSettings,
+    index: usize,
+    table: &Table,
+    span: Option<Span>,
+) -> ServiceDraft {
     let path = format!("service[{index}]");
     let s = Section::open(
         root.ctx,
@@ -464,7 +465,7 @@ fn read_service(root: &Section, index: usize, table: &Table, span: Option<Span>)
         "[[service]]",
         span.clone(),
         SERVICE_KEYS,
-        SERVICE_RESERVED,
+        &[],
     );
     s.require("name", "\"web\"");
     s.require("vip", "\"198.18.1.10\"");
@@ -497,9 +498,12 @@ fn read_service(root: &Section, index: usize, table: &Table, span: Option<Span>)
             "split the backends over several services".to_string(),
         );
     }
+    let check =
+        health::read_check(&s, "[service.health]", health).unwrap_or_else(|| health.inherited());
+    let policy = health::read_service_health(&s);
     let backends = backend_tables
         .into_iter()
-        .map(|(i, t, sp)| read_backend(&s, i, t, sp))
+        .map(|(i, t, sp)| read_backend(&s, &check, i, t, sp))
         .collect();
     ServiceDraft {
         index,
@@ -513,6 +517,7 @@ fn read_service(root: &Section, index: usize, table: &Table, span: Option<Span>)
         forwarding,
         declared_backends,
         backends,
+        health: policy,
     }
 }
 
@@ -529,7 +534,7 @@ fn report_no_backends(s: &Section, name: &Option<At<String>>) {
     );
 }
 
-fn read_port(s: &Section, key: &str) -> Option<At<NonZeroU16>> {
+pub(crate) fn read_port(s: &Section, key: &str) -> Option<At<NonZeroU16>> {
     let help = "use a port from 1 to 65535";
     let port = s.int_in(key, "80", 0u16, u16::MAX, help)?;
     match NonZeroU16::new(port.value) {
@@ -595,7 +600,13 @@ pub(crate) fn checked_address(s: &Section, key: &str, addr: At<IpAddr>) -> Optio
     None
 }
 
-fn read_backend(svc: &Section, index: usize, table: &Table, span: Option<Span>) -> BackendDraft {
+fn read_backend(
+    svc: &Section,
+    check: &CheckSettings,
+    index: usize,
+    table: &Table,
+    span: Option<Span>,
+) -> BackendDraft {
     let path = format!("{}.backend[{index}]", svc.path);
     let s = Section::open(
         svc.ctx,
@@ -604,7 +615,7 @@ fn read_backend(svc: &Section, index: usize, table: &Table, span: Option<Span>) 
         "[[service.backend]]",
         span,
         BACKEND_KEYS,
-        BACKEND_RESERVED,
+        &[],
     );
     s.require("address", "\"198.18.20.2\"");
     let address = s
@@ -621,11 +632,14 @@ fn read_backend(svc: &Section, index: usize, table: &Table, span: Option<Span>) 
         s.int_in("weight", "1", 0u16, u16::MAX, weight_help),
         1,
     );
+    let health = health::read_check(&s, "[service.backend.health]", check)
+        .unwrap_or_else(|| check.inherited());
     BackendDraft {
         index,
         address,
         port,
         weight,
+        health,
     }
 }
 
@@ -689,10 +703,12 @@ fn build_service(s: ServiceDraft) -> Option<ServiceConfig> {
         .backends
         .into_iter()
         .map(|b| {
+            let backend_port = b.port.resolve(Some(port))?;
             Some(BackendConfig {
                 address: b.address?.value,
-                port: b.port.resolve(Some(port))?,
+                port: backend_port,
                 weight: b.weight?.value,
+                health: health::build_check(&b.health, backend_port)?,
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -705,6 +721,7 @@ fn build_service(s: ServiceDraft) -> Option<ServiceConfig> {
         maglev_table_size: s.maglev_table_size?.value,
         forwarding: s.forwarding?.value,
         backends,
+        health: health::build_service_health(s.health, port)?,
     })
 }
 

@@ -180,7 +180,7 @@ pub(crate) struct SyncGroupDraft {
 }
 
 impl<T: Clone> Setting<T> {
-    fn builtin(value: T) -> Self {
+    pub(crate) fn builtin(value: T) -> Self {
         Setting {
             at: Some(At { value, span: None }),
             own: false,
@@ -188,7 +188,7 @@ impl<T: Clone> Setting<T> {
     }
 
     /// The same value, as seen from a table that did not write it.
-    fn inherited(&self) -> Self {
+    pub(crate) fn inherited(&self) -> Self {
         Setting {
             at: self.at.clone(),
             own: false,
