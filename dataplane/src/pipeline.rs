@@ -753,6 +753,10 @@ impl Pipeline {
                 let Some(backend_id) = svc.backend_id(ip.src, l4.src_port, l4.proto) else {
                     return Pass;
                 };
+                if nh.is_local(ip.dst) {
+                    // A backend answering the node itself (a health check).
+                    return Pass;
+                }
                 if let Some(reason) = checks {
                     return Drop(reason);
                 }

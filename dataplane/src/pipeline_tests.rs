@@ -540,6 +540,24 @@ fn reply_without_connection_from_a_one_service_backend_is_translated() {
 }
 
 #[test]
+fn a_backend_answering_the_node_itself_is_left_to_the_kernel() {
+    // A health check's answer: from a backend endpoint to one of the
+    // node's own addresses. Translating it would send it to a "client".
+    for own in ["198.18.20.1", "2001:db8:20::1"] {
+        let mut b = Bench::new();
+        b.nh = nexthops(true).with_local_addresses([ip(own)]);
+        let backend = if own.contains(':') { BACKEND6 } else { BACKEND4 };
+        let answer = from_backend(tcp_frame(backend, 81, own, 40000, SYN_ACK, 64));
+        let (v, out) = b.run(BACKEND_IF, answer);
+        assert_eq!(v, Verdict::Drop, "{own}: not sent by the dataplane");
+        assert!(out.is_empty());
+        assert_eq!(b.count(Counter::KernelPassed), 1, "{own}: the kernel's");
+        assert_eq!(b.count(Counter::Replied), 0);
+        assert_eq!(b.drops(DropReason::ReplyMiss), 0);
+    }
+}
+
+#[test]
 fn reply_without_connection_is_a_reply_miss_when_the_backend_serves_two_services() {
     let mut b = Bench::new();
     // The same endpoints (same ids) behind a second service on port 8080.

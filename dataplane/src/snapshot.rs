@@ -465,9 +465,23 @@ pub struct NextHopSnapshot {
     routes: Vec<Route>,
     neighbours: FxHashMap<(u32, Addr16), [u8; 6]>,
     macs: FxHashMap<u32, [u8; 6]>,
+    /// The node's own addresses: a backend's packet to one of them is the
+    /// kernel's (a health check's answer), not a reply to a client.
+    local: Vec<Addr16>,
 }
 
 impl NextHopSnapshot {
+    /// The same snapshot, knowing the node's own addresses.
+    pub fn with_local_addresses(mut self, local: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.local = local.into_iter().map(Addr16::from_ip).collect();
+        self
+    }
+
+    /// Whether `addr` is one of the node's own addresses.
+    pub fn is_local(&self, addr: Addr16) -> bool {
+        self.local.contains(&addr)
+    }
+
     pub fn new(
         generation: u64,
         mut routes: Vec<Route>,
@@ -484,6 +498,7 @@ impl NextHopSnapshot {
                 .map(|(i, a, m)| ((i, Addr16::from_ip(a)), m))
                 .collect(),
             macs: interface_macs.into_iter().collect(),
+            local: Vec::new(),
         }
     }
 

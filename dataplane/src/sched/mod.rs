@@ -265,12 +265,16 @@ impl SchedState {
     }
 }
 
-/// The prebuilt, read-only scheduler of one service.
+/// The prebuilt, read-only scheduler of one service. Cloning shares the
+/// table (a Maglev table is 128 KiB at the default size), so a snapshot
+/// rebuilt for another reason reuses the tables whose backends did not
+/// change.
+#[derive(Clone)]
 pub struct SchedTable {
     kind: SchedulerKind,
     backends: usize,
     eligible: usize,
-    picker: Picker,
+    picker: std::sync::Arc<Picker>,
 }
 
 enum Picker {
@@ -282,6 +286,11 @@ enum Picker {
 }
 
 impl SchedTable {
+    /// Whether `self` and `other` are clones of one built table.
+    pub fn shares_table_with(&self, other: &SchedTable) -> bool {
+        std::sync::Arc::ptr_eq(&self.picker, &other.picker)
+    }
+
     /// Builds the table for `kind` over `backends` (in their stable order).
     /// Allocates; meant for the control plane, not the packet path.
     pub fn build(
@@ -307,7 +316,7 @@ impl SchedTable {
             kind,
             backends: backends.len(),
             eligible: backends.iter().filter(|b| b.effective_weight() > 0).count(),
-            picker,
+            picker: std::sync::Arc::new(picker),
         })
     }
 
@@ -349,7 +358,7 @@ impl SchedTable {
         active_conns: &[u32],
         stable_hash: impl FnOnce() -> u64,
     ) -> Option<usize> {
-        match &self.picker {
+        match &*self.picker {
             Picker::Rr(t) => t.pick(&mut state.rr_next),
             Picker::Wrr(t) => t.pick(&mut state.wrr),
             Picker::Lc(t) => t.pick(active_conns),
@@ -375,7 +384,7 @@ impl SchedTable {
 
     /// The lookup table of sh and Maglev (for status and diagnostics).
     pub fn maglev(&self) -> Option<&MaglevTable> {
-        match &self.picker {
+        match &*self.picker {
             Picker::Sh(t) | Picker::Maglev(t) => Some(t),
             _ => None,
         }
