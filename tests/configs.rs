@@ -1386,6 +1386,13 @@ const HEALTH_CASES: &[Case] = &[
             "b.toml:22:10: service[0].backend[0].health.source: health check source 2001:db8::1 is IPv6 but backend 198.18.20.2 is IPv4; set source in the service's or backend's [health] table to an address of the backend's family",
         ],
     },
+    Case {
+        what: "health: a probe source this node does not have",
+        source: health!("[service.health]\ntype = \"tcp\"\nsource = \"198.18.20.99\"\n"),
+        expected: &[
+            "b.toml:19:10: service[0].backend[0].health.source: source 198.18.20.99 is not an address of this system; use an address of this node (198.18.0.1, 198.18.20.1, 198.18.30.1), e.g. source = \"198.18.0.1\", or add 198.18.20.99 to a link",
+        ],
+    },
 ];
 
 #[test]

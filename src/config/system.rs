@@ -186,6 +186,29 @@ pub(crate) fn check(ctx: &Ctx, draft: &Draft, view: &SystemView) {
     }
     vrrp::check(ctx, draft, view);
     bgp::check(ctx, draft, view);
+    check_health_sources(ctx, draft, view);
+}
+
+/// A health check's `source` must be an address of this node; reported
+/// once per line that set it.
+fn check_health_sources(ctx: &Ctx, draft: &Draft, view: &SystemView) {
+    let mut reported = std::collections::HashSet::new();
+    for s in &draft.services {
+        for b in &s.backends {
+            let Some(at) = &b.health.source.at else { continue };
+            let Some(source) = at.value else { continue };
+            let line = at.span.as_ref().map_or(0, |sp| sp.start);
+            if !reported.insert(line) {
+                continue;
+            }
+            let field = format!("service[{}].backend[{}].health.source", s.index, b.index);
+            let address = At {
+                value: source,
+                span: at.span.clone(),
+            };
+            bgp::check_own(ctx, &field, &address, view);
+        }
+    }
 }
 
 fn check_interfaces_exist(ctx: &Ctx, draft: &Draft, view: &SystemView) {

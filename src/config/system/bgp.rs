@@ -47,7 +47,7 @@ pub(super) fn check(ctx: &Ctx, draft: &Draft, view: &SystemView) {
 }
 
 /// Reports `address` if no interface of the system carries it.
-fn check_own(ctx: &Ctx, field: &str, address: &At<IpAddr>, view: &SystemView) -> bool {
+pub(super) fn check_own(ctx: &Ctx, field: &str, address: &At<IpAddr>, view: &SystemView) -> bool {
     if view.owner_of(address.value).is_some() {
         return true;
     }
