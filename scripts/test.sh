@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # ethtool, curl, ping, keepalived (VRRP interop peer), tcpdump/tshark
 # (captures), python3 (crafted adverts), bird2 and frr (BGP peers). Later
 # work adds nginx.
-packages=(iproute2 nftables ethtool curl iputils-ping keepalived tcpdump tshark python3 bird2 frr)
+packages=(iproute2 nftables ethtool curl iputils-ping keepalived tcpdump tshark python3 bird2 frr nginx)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod health;
 pub mod lab;
 pub mod logging;
 pub mod netlink;

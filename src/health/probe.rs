@@ -1,0 +1,574 @@
+//! One check of one backend, with kernel sockets or a child process: TCP
+//! connect, HTTP(S) GET, UDP request/reply, command. Each attempt honours
+//! the spec's timeout and source address; a check makes up to
+//! `1 + retries` attempts and reports the last one.
+//!
+//! Owns: the probe sockets (closed with RST once the answer is in, so a
+//! thousand checks a second leave no TIME_WAIT behind on either side) and
+//! the command's process group (killed on timeout and when the check is
+//! dropped). Must not: count successes or decide health ([`super::state`]).
+//! Nothing read from the network reaches an `unwrap`.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
+
+use super::http::{self, ChunkError, Chunked, Framing};
+use super::tls::{self, TlsConfigs};
+use super::{CheckKind, CheckResult, CheckSpec, TargetId, MAX_BODY, MAX_HEAD};
+
+/// Largest UDP payload a check sends (IPv4's limit).
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// How long a killed command gets to be reaped.
+const REAP_WAIT: Duration = Duration::from_secs(1);
+
+/// What an attempt found: `Ok(reason)` healthy, `Err(reason)` not.
+type Outcome = Result<String, String>;
+
+/// A check ready to run: the spec and what can be computed once (the
+/// HTTP request bytes, the TLS connector and server name).
+#[derive(Debug)]
+pub(super) struct Prepared {
+    pub spec: CheckSpec,
+    http: Option<HttpPlan>,
+}
+
+#[derive(Debug)]
+struct HttpPlan {
+    request: Vec<u8>,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    needs_body: bool,
+}
+
+impl Prepared {
+    pub fn new(spec: CheckSpec, tls: &TlsConfigs) -> io::Result<Prepared> {
+        let http = match &spec.kind {
+            CheckKind::Http {
+                target,
+                tls: options,
+                host,
+                path,
+                body_contains,
+                body_sha256,
+                ..
+            } => {
+                let header = host
+                    .clone()
+                    .unwrap_or_else(|| http::default_host(*target, options.is_some()));
+                let tls = match options {
+                    Some(o) => {
+                        let connector = tls.config(o).map_err(io::Error::other)?;
+                        Some((connector, tls::server_name(o, host.as_deref(), *target)))
+                    }
+                    None => None,
+                };
+                Some(HttpPlan {
+                    request: http::request(path, &header),
+                    tls,
+                    needs_body: body_contains.is_some() || body_sha256.is_some(),
+                })
+            }
+            _ => None,
+        };
+        Ok(Prepared { spec, http })
+    }
+}
+
+/// Runs one check of `spec` on a current-thread runtime of its own and
+/// returns its result (for the CLI and tests; the [`super::Checker`]
+/// runs checks on its own thread). Blocks for up to `(1 + retries) ×
+/// (timeout + retry_delay)`.
+pub fn check_once(spec: &CheckSpec) -> io::Result<CheckResult> {
+    spec.validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let prepared = Prepared::new(spec.clone(), &TlsConfigs::default())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(run(&prepared, 0)))
+}
+
+/// One check: attempts with retries; the result is the last attempt's.
+pub(super) async fn run(prepared: &Prepared, id: TargetId) -> CheckResult {
+    let spec = &prepared.spec;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let started = Instant::now();
+        let outcome = attempt(prepared).await;
+        let at = Instant::now();
+        let (ok, reason) = match outcome {
+            Ok(reason) => (true, reason),
+            Err(reason) if attempts > spec.retries => {
+                let reason = match attempts {
+                    1 => reason,
+                    n => format!("{reason} ({n} attempts)"),
+                };
+                (false, reason)
+            }
+            Err(_) => {
+                tokio::time::sleep(spec.retry_delay).await;
+                continue;
+            }
+        };
+        return CheckResult {
+            id,
+            ok,
+            reason,
+            latency: at.saturating_duration_since(started),
+            at,
+        };
+    }
+}
+
+async fn attempt(p: &Prepared) -> Outcome {
+    let spec = &p.spec;
+    match (&spec.kind, &p.http) {
+        (CheckKind::Tcp { target }, _) => timed(spec.timeout, tcp(*target, spec.source)).await,
+        (CheckKind::Http { .. }, Some(plan)) => timed(spec.timeout, http_check(spec, plan)).await,
+        (
+            CheckKind::Udp {
+                target,
+                payload,
+                expect,
+            },
+            _,
+        ) => {
+            let probe = udp(*target, spec.source, payload, expect.as_deref());
+            timed(spec.timeout, probe).await
+        }
+        (CheckKind::Command { argv, env }, _) => command(argv, env, spec.timeout).await,
+        (CheckKind::Http { .. }, None) => Err("internal: HTTP check not prepared".into()),
+    }
+}
+
+async fn timed(timeout: Duration, probe: impl Future<Output = Outcome>) -> Outcome {
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!("timeout after {timeout:?}")),
+    }
+}
+
+/// "connect refused", "recv host unreachable", ...
+fn io_reason(op: &str, e: &io::Error) -> String {
+    use io::ErrorKind as K;
+    let what = match e.kind() {
+        K::ConnectionRefused => "refused",
+        K::ConnectionReset => "reset",
+        K::ConnectionAborted => "aborted",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        K::AddrNotAvailable => "address not available",
+        K::TimedOut => "timed out",
+        K::PermissionDenied => "not permitted",
+        K::UnexpectedEof => "closed early",
+        _ => return format!("{op}: {e}"),
+    };
+    format!("{op} {what}")
+}
+
+/// A connected TCP stream from `source` (if any) that closes with RST.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| io_reason("socket", &e))?;
+    if let Some(source) = source {
+        // SO_REUSEADDR: a port of an earlier probe still in TIME_WAIT (if
+        // the backend closed first) may be bound again.
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| io_reason("socket", &e))?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| io_reason("bind", &e))?;
+    }
+    let stream = socket
+        .connect(target)
+        .await
+        .map_err(|e| io_reason("connect", &e))?;
+    // Close with RST: no TIME_WAIT on our side for a probe connection.
+    stream
+        .set_zero_linger()
+        .map_err(|e| io_reason("socket", &e))?;
+    Ok(stream)
+}
+
+async fn tcp(target: SocketAddr, source: Option<IpAddr>) -> Outcome {
+    connect(target, source).await.map(|_| "connected".into())
+}
+
+async fn udp(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    payload: &[u8],
+    expect: Option<&[u8]>,
+) -> Outcome {
+    let local = source.unwrap_or(match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0))
+        .await
+        .map_err(|e| io_reason("bind", &e))?;
+    // Connected: only the target's replies are received, and an ICMP port
+    // unreachable comes back as ECONNREFUSED.
+    socket
+        .connect(target)
+        .await
+        .map_err(|e| io_reason("connect", &e))?;
+    socket
+        .send(payload)
+        .await
+        .map_err(|e| udp_reason("send", &e))?;
+    let mut reply = vec![0u8; expect.map_or(0, <[u8]>::len).max(2048)];
+    let n = socket
+        .recv(&mut reply)
+        .await
+        .map_err(|e| udp_reason("recv", &e))?;
+    match expect {
+        Some(prefix) if !reply[..n].starts_with(prefix) => {
+            Err(format!("reply of {n} bytes does not match"))
+        }
+        _ => Ok(format!("reply of {n} bytes")),
+    }
+}
+
+fn udp_reason(op: &str, e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        return "port unreachable".into();
+    }
+    io_reason(op, e)
+}
+
+async fn http_check(spec: &CheckSpec, plan: &HttpPlan) -> Outcome {
+    let CheckKind::Http { target, .. } = &spec.kind else {
+        return Err("internal: not an HTTP check".into());
+    };
+    let stream = connect(*target, spec.source).await?;
+    match &plan.tls {
+        None => exchange(stream, spec, plan).await,
+        Some((connector, name)) => {
+            let tls = TlsConnector::from(connector.clone())
+                .connect(name.clone(), stream)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            exchange(tls, spec, plan).await
+        }
+    }
+}
+
+/// Sends the request and judges the response.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    spec: &CheckSpec,
+    plan: &HttpPlan,
+) -> Outcome {
+    let CheckKind::Http {
+        expect_status,
+        body_contains,
+        body_sha256,
+        ..
+    } = &spec.kind
+    else {
+        return Err("internal: not an HTTP check".into());
+    };
+    stream
+        .write_all(&plan.request)
+        .await
+        .map_err(|e| io_reason("send", &e))?;
+    let mut buf = Vec::with_capacity(4096);
+    let head = read_head(&mut stream, &mut buf).await?;
+    if !http::status_expected(head.status, expect_status) {
+        return Err(format!("status {}", head.status));
+    }
+    if !plan.needs_body {
+        return Ok(format!("status {}", head.status));
+    }
+    buf.drain(..head.len);
+    let body = read_body(&mut stream, head.framing, buf).await?;
+    if let Some(text) = body_contains {
+        if !http::contains(&body, text.as_bytes()) {
+            return Err(format!("status {}, body lacks {text:?}", head.status));
+        }
+    }
+    if let Some(digest) = body_sha256 {
+        let got = ring::digest::digest(&ring::digest::SHA256, &body);
+        if got.as_ref() != digest {
+            return Err(format!("status {}, body sha256 differs", head.status));
+        }
+    }
+    Ok(format!("status {}, body matches", head.status))
+}
+
+/// Reads into `buf` until the response head is complete.
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<http::Head, String> {
+    loop {
+        if read_more(stream, buf).await? == 0 {
+            return Err("closed before the response head".into());
+        }
+        match http::parse_head(buf) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) if buf.len() > MAX_HEAD => {
+                return Err(format!("response head over {MAX_HEAD} bytes"))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("bad response: {e}")),
+        }
+    }
+}
+
+/// Appends what the stream has to `buf`; 0 at the end of the stream. A
+/// TLS peer that closes without close_notify ends the stream too.
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<usize, String> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8192);
+    }
+    match stream.read_buf(buf).await {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        Err(e) => Err(io_reason("recv", &e)),
+    }
+}
+
+/// Reads the body (at most [`MAX_BODY`] bytes) that `framing` delimits;
+/// `buf` holds what arrived after the head.
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    framing: Framing,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let too_long = || format!("body over {MAX_BODY} bytes");
+    match framing {
+        Framing::Length(n) => {
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_BODY)
+                .ok_or_else(too_long)?;
+            while buf.len() < n {
+                if read_more(stream, &mut buf).await? == 0 {
+                    return Err("closed inside the body".into());
+                }
+            }
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Framing::UntilClose => {
+            while read_more(stream, &mut buf).await? > 0 {
+                if buf.len() > MAX_BODY {
+                    return Err(too_long());
+                }
+            }
+            Ok(buf)
+        }
+        Framing::Chunked => read_chunked(stream, buf).await,
+    }
+}
+
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut raw: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let mut decoder = Chunked::new();
+    let mut body = Vec::new();
+    loop {
+        match decoder.feed(&raw, &mut body, MAX_BODY) {
+            Ok(true) => return Ok(body),
+            Ok(false) => {}
+            Err(ChunkError::TooLong) => return Err(format!("body over {MAX_BODY} bytes")),
+            Err(ChunkError::Http(e)) => return Err(format!("bad response: {e}")),
+        }
+        raw.clear();
+        if read_more(stream, &mut raw).await? == 0 {
+            return Err("closed inside the body".into());
+        }
+    }
+}
+
+/// Runs `argv` in its own process group; exit 0 is healthy. On timeout the
+/// whole group is killed.
+async fn command(argv: &[String], env: &[(String, String)], timeout: Duration) -> Outcome {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let group = ProcessGroup::of(child.id());
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => {
+            group.disarm();
+            exit_outcome(status)
+        }
+        Ok(Err(e)) => Err(format!("wait: {e}")),
+        Err(_) => {
+            drop(group);
+            let _ = tokio::time::timeout(REAP_WAIT, child.wait()).await;
+            Err(format!("timeout after {timeout:?} (killed)"))
+        }
+    }
+}
+
+fn exit_outcome(status: ExitStatus) -> Outcome {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok("exit 0".into()),
+        (Some(code), _) => Err(format!("exit {code}")),
+        (None, Some(signal)) => Err(format!("killed by signal {signal}")),
+        (None, None) => Err(format!("ended: {status}")),
+    }
+}
+
+/// Kills a command's process group (its pid is the group id) when dropped,
+/// unless disarmed after the command ended by itself.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl ProcessGroup {
+    fn of(pid: Option<u32>) -> ProcessGroup {
+        let pid = pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        ProcessGroup(pid)
+    }
+
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // ESRCH (already gone) is fine.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command_spec(argv: &[&str], timeout: Duration) -> CheckSpec {
+        let mut spec = CheckSpec::new(CheckKind::Command {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("VIPGATE_TEST".into(), "yes".into())],
+        });
+        spec.timeout = timeout;
+        spec
+    }
+
+    #[test]
+    fn command_exit_status_decides() {
+        let ok = check_once(&command_spec(
+            &["/bin/sh", "-c", "exit 0"],
+            Duration::from_secs(5),
+        ));
+        let ok = ok.unwrap();
+        assert!(ok.ok, "{ok:?}");
+        assert_eq!(ok.reason, "exit 0");
+        let bad = check_once(&command_spec(
+            &["/bin/sh", "-c", "exit 2"],
+            Duration::from_secs(5),
+        ));
+        assert_eq!(bad.unwrap().reason, "exit 2");
+        let env = check_once(&command_spec(
+            &["/bin/sh", "-c", "test \"$VIPGATE_TEST\" = yes"],
+            Duration::from_secs(5),
+        ));
+        assert!(env.unwrap().ok);
+        let missing = check_once(&command_spec(
+            &["/nonexistent/check"],
+            Duration::from_secs(5),
+        ));
+        let missing = missing.unwrap();
+        assert!(!missing.ok);
+        assert!(
+            missing.reason.starts_with("cannot run /nonexistent/check"),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn command_timeout_kills_the_whole_group() {
+        let dir = std::env::temp_dir().join(format!("vgt-{}-hc-cmd", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        // The shell starts a child in the background and waits: both must
+        // be gone after the timeout.
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let started = Instant::now();
+        let r = check_once(&command_spec(
+            &["/bin/sh", "-c", &script],
+            Duration::from_millis(300),
+        ))
+        .unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.reason, "timeout after 300ms (killed)");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild is killed with the group; it is reaped by init
+        // (or this process's subreaper), so it may linger as a zombie.
+        let gone = (0..50).any(|_| {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            let done = state.map_or(true, |s| s.contains(") Z "));
+            if !done {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            done
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(gone, "sleep {pid} survived the check's timeout");
+    }
+
+    #[test]
+    fn retries_report_the_attempt_count() {
+        let mut spec = command_spec(&["/bin/false"], Duration::from_secs(5));
+        spec.retries = 2;
+        spec.retry_delay = Duration::from_millis(10);
+        let r = check_once(&spec).unwrap();
+        assert_eq!(r.reason, "exit 1 (3 attempts)");
+    }
+
+    #[test]
+    fn invalid_specs_are_refused() {
+        let mut spec = command_spec(&[], Duration::from_secs(1));
+        assert_eq!(
+            check_once(&spec).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        spec.kind = CheckKind::Tcp {
+            target: "198.18.0.1:80".parse().unwrap(),
+        };
+        spec.source = Some("2001:db8::1".parse().unwrap());
+        assert!(check_once(&spec).is_err());
+    }
+}
