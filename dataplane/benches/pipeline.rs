@@ -1,64 +1,52 @@
-//! Microbenchmarks of the in-memory NAT pipeline ([`Pipeline::process`]).
+//! Microbenchmarks of the in-memory NAT pipeline ([`Pipeline::process`]),
+//! the three cases of issue 6 §5, each in ns per packet:
 //!
-//! Run with `cargo bench -p vipgate-dataplane --bench pipeline` (release
-//! profile). Measures, per packet:
+//! - `pipeline/established/*`: a client's ACK on an established
+//!   connection (client -> VIP, forward NAT to the backend);
+//! - `pipeline/reply/*`: the backend's ACK on an established connection
+//!   (backend -> client, reverse NAT);
+//! - `pipeline/new_flow/<scheduler>`: a client's SYN that creates a
+//!   connection (scheduler pick, full L4 checksum check, insert).
 //!
-//! - **established**: TCP ACKs of connections that went through
-//!   SYN / SYN-ACK / ACK first, forward (client -> VIP) and reverse
-//!   (backend -> client) interleaved, for 4096 flows in a table of 2^13
-//!   (dense: the index fits in cache and TLB) and of 2^18 (the default
-//!   capacity: the same 4096 flows are scattered over 4 MB of index), and
-//!   for 262144 live flows in a 2^20 table.
-//! - **new flows**: SYNs from distinct client endpoints into a fresh table
-//!   of 2^20 entries, per scheduler (maglev, rr, lc).
-//! - **copy only**: the frame reset alone, so it can be subtracted.
+//! The established and reply cases run 4096 flows in a table of 2^13
+//! (dense: the index fits in cache and TLB) and of 2^18 (the default
+//! capacity: the same flows scattered over 4 MB of index), and 262144 flows
+//! in a 2^20 table. New flows are SYNs from 65536 distinct client endpoints
+//! into a 2^20 table that already held (and expired) the same number, so
+//! the index pages are mapped; the summary also shows a fresh table, where
+//! the first touch of each index page is part of the cost.
 //!
-//! Every measured packet is first copied from a pristine template into one
-//! scratch buffer (66-byte frames: 14 Ethernet + 20 IPv4 + 20 TCP + 12
-//! payload), as the replay mode of `MemIo` and the RX ring copy do; the
-//! "established"/"new" figures include that copy, "copy only" shows it.
+//! Every measured packet is first copied from a pristine 66-byte template
+//! (14 Ethernet + 20 IPv4 + 20 TCP + 12 payload) into one scratch buffer,
+//! as `MemIo`'s replay and the RX ring copy do: the figures include that
+//! copy; the summary's "copy only" rows show it alone.
 //!
-//! Besides criterion's own output, `main` prints a summary of medians over
-//! repeated passes (ns per packet) and the connection table's memory per
-//! connection: computed (`bytes_per_connection`, `memory_bytes`) and measured
-//! (resident set growth when a table is built).
+//! Run: `cargo bench -p vipgate-dataplane --bench pipeline` (`-- --quick`
+//! for a short run). After criterion's report, `main` prints a summary of
+//! medians over passes of the whole frame set (ns per packet) and the
+//! connection table's memory per connection (computed, and measured as
+//! resident set growth). `VIPGATE_BENCH_COMPARE=<passes>` prints only min
+//! and median of the 4096-flow cases over that many passes: for comparing
+//! two builds on a noisy machine (the minimum moves least).
 //!
 //! Touches no kernel object; allocates only outside the timed loops.
 
+#[path = "../../benches/common/summary.rs"]
+mod summary;
+
+mod common;
+
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput};
-use vipgate_dataplane::checksum;
-use vipgate_dataplane::conntrack::{ConnTable, ConnTableConfig};
-use vipgate_dataplane::flow::{Addr16, L4Proto};
-use vipgate_dataplane::io::{RxMeta, Verdict};
-use vipgate_dataplane::pipeline::{Pipeline, PipelineConfig};
-use vipgate_dataplane::sched::{
-    endpoint_key, SchedBackend, SchedOptions, SchedTable, SchedulerKind,
-};
-use vipgate_dataplane::snapshot::{
-    Backend, Interface, NextHopSnapshot, Route, Service, ServiceSnapshot, Vip,
-};
+use criterion::{Criterion, SamplingMode, Throughput};
+use vipgate_dataplane::conntrack::{ConnTable, ConnTableConfig, Timeouts};
+use vipgate_dataplane::sched::SchedulerKind;
 
-const CLIENT_IF: u32 = 1;
-const BACKEND_IF: u32 = 2;
-const GW_CLI_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
-const GW_SRV_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
-const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb1];
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 10);
-const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 20, 2);
-const VIP_PORT: u16 = 80;
-const BACKEND_PORTS: [u16; 3] = [80, 81, 82];
-const PAYLOAD: [u8; 12] = *b"bench-frame!";
+use common::{established, from_client, Established, Frame, Gateway, SYN};
+use summary::{Mode, Summary};
 
-const SYN: u8 = 0x02;
-const SYN_ACK: u8 = 0x12;
-const ACK: u8 = 0x10;
-
-/// Capacity of the "large" tables (the daemon's default `conn_capacity`).
+/// Capacity of the large tables (the daemon's default `conn_capacity`).
 const BIG_TABLE: usize = 1 << 20;
 /// Flows of the small established set.
 const SMALL_FLOWS: usize = 4096;
@@ -66,288 +54,129 @@ const SMALL_FLOWS: usize = 4096;
 const LARGE_FLOWS: usize = 1 << 18;
 /// SYNs per pass of the new-flow benchmark.
 const NEW_FLOWS: usize = 1 << 16;
-/// Passes the summary takes the median of.
-const SUMMARY_SAMPLES: usize = 31;
+/// Virtual time of the established replays (ms).
+const NOW: u64 = 2000;
+/// Passes per summary row.
+const SUMMARY_PASSES: usize = 31;
 
-// ------------------------------------------------------------- fixtures
+/// The established sets: name, flows, table capacity.
+const SETS: [(&str, usize, usize); 3] = [
+    ("4096_flows/2^13_table", SMALL_FLOWS, 1 << 13),
+    ("4096_flows/2^18_table", SMALL_FLOWS, 1 << 18),
+    ("262144_flows/2^20_table", LARGE_FLOWS, BIG_TABLE),
+];
 
-fn services(kind: SchedulerKind) -> ServiceSnapshot {
-    let backends: Vec<Backend> = BACKEND_PORTS
-        .iter()
-        .enumerate()
-        .map(|(i, port)| Backend {
-            id: i as u32,
-            addr: Addr16::from_v4(BACKEND),
-            port: *port,
-            weight: 1,
-        })
-        .collect();
-    let sched: Vec<SchedBackend> = backends
-        .iter()
-        .map(|b| SchedBackend::new(endpoint_key(b.addr, b.port), b.weight))
-        .collect();
-    let service = Service {
-        id: 1,
-        name: "web".into(),
-        vip: Addr16::from_v4(VIP),
-        port: VIP_PORT,
-        proto: L4Proto::Tcp,
-        scheduler: kind,
-        // Fixed, valid input: three weighted backends.
-        sched: SchedTable::build(kind, &sched, &SchedOptions::default()).expect("valid table"),
-        backends,
-    };
-    let vips = vec![Vip {
-        mac: None,
-        addr: IpAddr::V4(VIP),
-        ifindexes: vec![CLIENT_IF],
-    }];
-    let interfaces = vec![
-        Interface {
-            ifindex: CLIENT_IF,
-            name: "vg-cli".into(),
-            mac: GW_CLI_MAC,
-            mtu: 1500,
-        },
-        Interface {
-            ifindex: BACKEND_IF,
-            name: "vg-srv".into(),
-            mac: GW_SRV_MAC,
-            mtu: 1500,
-        },
-    ];
-    ServiceSnapshot::new(1, vec![service], vips, interfaces, Vec::new())
+const SCHEDULERS: [(&str, SchedulerKind); 5] = [
+    ("maglev", SchedulerKind::Maglev),
+    ("rr", SchedulerKind::Rr),
+    ("wrr", SchedulerKind::Wrr),
+    ("lc", SchedulerKind::Lc),
+    ("sh", SchedulerKind::Sh),
+];
+
+// ----------------------------------------------------------- new flows
+
+/// A 2^20 table and SYNs from `NEW_FLOWS` distinct clients; between passes
+/// the clock jumps past the SYN_SENT timeout and every connection expires,
+/// so each pass creates them all again.
+struct NewFlows {
+    gw: Gateway,
+    syns: Vec<Frame>,
+    now: u64,
 }
 
-/// Routes to both /16s; the clients of the large sets spread over
-/// 198.18.0.0/16, so their neighbour entries are many: one per client.
-fn nexthops(clients: &[Ipv4Addr]) -> NextHopSnapshot {
-    let routes = vec![
-        Route::new(
-            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)),
-            16,
-            CLIENT_IF,
-            None,
-        ),
-        Route::new(
-            IpAddr::V4(Ipv4Addr::new(198, 18, 20, 0)),
-            24,
-            BACKEND_IF,
-            None,
-        ),
-    ];
-    let mut neigh = vec![(BACKEND_IF, IpAddr::V4(BACKEND), BACKEND_MAC)];
-    neigh.extend(
-        clients
-            .iter()
-            .map(|c| (CLIENT_IF, IpAddr::V4(*c), CLIENT_MAC)),
-    );
-    NextHopSnapshot::new(
-        1,
-        routes,
-        neigh,
-        [(CLIENT_IF, GW_CLI_MAC), (BACKEND_IF, GW_SRV_MAC)],
-    )
-}
-
-/// Client endpoint `i`: 16384 ports per address, addresses from
-/// 198.18.0.2 up.
-fn client(i: usize) -> (Ipv4Addr, u16) {
-    let host = 2 + (i / 16384) as u32;
-    let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + host);
-    (addr, 10_000 + (i % 16384) as u16)
-}
-
-fn clients(n: usize) -> Vec<Ipv4Addr> {
-    let mut v: Vec<Ipv4Addr> = (0..n).map(|i| client(i).0).collect();
-    v.dedup();
-    v
-}
-
-/// A 66-byte Ethernet/IPv4/TCP frame with valid checksums.
-fn tcp_frame(
-    macs: ([u8; 6], [u8; 6]),
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    flags: u8,
-) -> Vec<u8> {
-    let tcp_len = 20 + PAYLOAD.len();
-    let mut f = vec![0u8; 14 + 20 + tcp_len];
-    f[0..6].copy_from_slice(&macs.0);
-    f[6..12].copy_from_slice(&macs.1);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.0.octets());
-    ip[16..20].copy_from_slice(&dst.0.octets());
-    let c = checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let t = &mut f[34..];
-    t[0..2].copy_from_slice(&src.1.to_be_bytes());
-    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    t[4..8].copy_from_slice(&1000u32.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    t[20..].copy_from_slice(&PAYLOAD);
-    let pseudo = checksum::pseudo_header_v4(src.0, dst.0, 6, tcp_len as u32);
-    let c = !checksum::combine(&[pseudo, checksum::sum(t)]);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
-fn from_client(i: usize, flags: u8) -> (RxMeta, Vec<u8>) {
-    let f = tcp_frame((GW_CLI_MAC, CLIENT_MAC), client(i), (VIP, VIP_PORT), flags);
-    (meta(CLIENT_IF, &f), f)
-}
-
-fn from_backend(i: usize, backend_port: u16, flags: u8) -> (RxMeta, Vec<u8>) {
-    let f = tcp_frame(
-        (GW_SRV_MAC, BACKEND_MAC),
-        (BACKEND, backend_port),
-        client(i),
-        flags,
-    );
-    (meta(BACKEND_IF, &f), f)
-}
-
-fn meta(ifindex: u32, frame: &[u8]) -> RxMeta {
-    RxMeta {
-        ifindex,
-        wire_len: frame.len() as u32,
-        csum_not_ready: false,
-    }
-}
-
-fn pipeline(capacity: usize) -> Pipeline {
-    let config = PipelineConfig {
-        conn: ConnTableConfig {
-            capacity,
-            ..ConnTableConfig::default()
-        },
-        ..PipelineConfig::default()
-    };
-    // Fixed, valid capacity (at most 2^20).
-    Pipeline::new(&config).expect("valid pipeline config")
-}
-
-/// One pipeline with its snapshots and a frame set to replay.
-struct Setup {
-    p: Pipeline,
-    svc: ServiceSnapshot,
-    nh: NextHopSnapshot,
-    frames: Vec<(RxMeta, Vec<u8>)>,
-    scratch: Vec<u8>,
-}
-
-impl Setup {
-    /// Copies each template into the scratch buffer and processes it.
-    /// Returns how many were transmitted.
-    #[inline(never)]
-    fn pass(&mut self, now: u64) -> usize {
-        let mut tx = 0;
-        for (meta, frame) in &self.frames {
-            let buf = &mut self.scratch[..frame.len()];
-            buf.copy_from_slice(frame);
-            let v = self.p.process(now, &self.svc, &self.nh, meta, buf);
-            tx += usize::from(matches!(black_box(v), Verdict::Tx { .. }));
+impl NewFlows {
+    /// `warm`: one pass is run and expired first, so the table's pages
+    /// are mapped.
+    fn new(kind: SchedulerKind, warm: bool) -> NewFlows {
+        let mut s = NewFlows {
+            gw: Gateway::new(
+                common::pipeline(BIG_TABLE, Timeouts::default()),
+                common::services(kind),
+                common::nexthops(&common::clients(NEW_FLOWS)),
+            ),
+            syns: (0..NEW_FLOWS).map(|i| from_client(i, SYN)).collect(),
+            now: 1000,
+        };
+        if warm {
+            s.pass(NEW_FLOWS);
+            s.expire_all();
         }
+        s
+    }
+
+    /// The first `n` SYNs; asserts that each opened a connection.
+    fn pass(&mut self, n: usize) -> usize {
+        let tx = self.gw.replay(self.now, &self.syns[..n]);
+        assert_eq!(tx, n, "every SYN is forwarded");
         tx
     }
 
-    /// The frame reset alone.
-    #[inline(never)]
-    fn copy_pass(&mut self) -> usize {
-        let mut n = 0;
-        for (_, frame) in &self.frames {
-            let buf = &mut self.scratch[..frame.len()];
-            buf.copy_from_slice(frame);
-            n += usize::from(black_box(&*buf)[0]);
+    /// Moves past the SYN_SENT timeout and expires every connection.
+    fn expire_all(&mut self) {
+        self.now += Timeouts::default().syn_sent.as_millis() as u64 + 1;
+        while !self.gw.p.conns().is_empty() {
+            self.gw.p.expire(self.now);
         }
-        n
-    }
-}
-
-/// `flows` established connections (SYN, SYN-ACK, ACK processed), and the
-/// ACKs of each in both directions, interleaved, as the frame set.
-fn established(flows: usize, capacity: usize) -> Setup {
-    let mut s = Setup {
-        p: pipeline(capacity),
-        svc: services(SchedulerKind::Maglev),
-        nh: nexthops(&clients(flows)),
-        frames: Vec::with_capacity(2 * flows),
-        scratch: vec![0; 128],
-    };
-    for i in 0..flows {
-        let (m, mut syn) = from_client(i, SYN);
-        let v = s.p.process(1000, &s.svc, &s.nh, &m, &mut syn);
-        assert!(matches!(v, Verdict::Tx { .. }), "SYN {i} not forwarded");
-        let backend_port = u16::from_be_bytes([syn[36], syn[37]]);
-        let (m, mut syn_ack) = from_backend(i, backend_port, SYN_ACK);
-        let v = s.p.process(1001, &s.svc, &s.nh, &m, &mut syn_ack);
-        assert!(matches!(v, Verdict::Tx { .. }), "SYN-ACK {i} not reversed");
-        let (m, mut ack) = from_client(i, ACK);
-        let v = s.p.process(1002, &s.svc, &s.nh, &m, &mut ack);
-        assert!(matches!(v, Verdict::Tx { .. }), "ACK {i} not forwarded");
-        s.frames.push(from_client(i, ACK));
-        s.frames.push(from_backend(i, backend_port, ACK));
-    }
-    assert_eq!(s.p.conns().len(), flows);
-    s
-}
-
-/// A fresh 2^20 table and `NEW_FLOWS` SYNs from distinct clients.
-fn new_flows(kind: SchedulerKind) -> Setup {
-    Setup {
-        p: pipeline(BIG_TABLE),
-        svc: services(kind),
-        nh: nexthops(&clients(NEW_FLOWS)),
-        frames: (0..NEW_FLOWS).map(|i| from_client(i, SYN)).collect(),
-        scratch: vec![0; 128],
     }
 }
 
 // ------------------------------------------------------------ criterion
 
+/// One packet per criterion iteration, cycling through `frames`.
+fn per_packet(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    gw: &mut Gateway,
+    frames: &[Frame],
+) {
+    let mut i = 0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let f = &frames[i];
+            i = if i + 1 == frames.len() { 0 } else { i + 1 };
+            gw.one(NOW, f)
+        })
+    });
+}
+
 fn bench_established(c: &mut Criterion) {
-    let mut g = c.benchmark_group("established");
-    for (name, flows, capacity) in [
-        ("4096_flows_2^13_table", SMALL_FLOWS, 1 << 13),
-        ("4096_flows", SMALL_FLOWS, 1 << 18),
-        ("262144_flows", LARGE_FLOWS, BIG_TABLE),
-    ] {
-        let mut s = established(flows, capacity);
-        g.throughput(Throughput::Elements(s.frames.len() as u64));
-        g.bench_function(format!("{name}/process+copy"), |b| {
-            b.iter(|| assert_eq!(s.pass(2000), s.frames.len()))
-        });
-        g.bench_function(format!("{name}/copy_only"), |b| b.iter(|| s.copy_pass()));
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(1));
+    for (name, flows, capacity) in SETS {
+        let Established {
+            mut gw,
+            forward,
+            reply,
+            ..
+        } = established(flows, capacity, NOW);
+        per_packet(&mut g, &format!("established/{name}"), &mut gw, &forward);
+        per_packet(&mut g, &format!("reply/{name}"), &mut gw, &reply);
     }
     g.finish();
 }
 
 fn bench_new_flows(c: &mut Criterion) {
-    let mut g = c.benchmark_group("new_flows");
-    g.throughput(Throughput::Elements(NEW_FLOWS as u64));
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(1));
+    g.sampling_mode(SamplingMode::Flat);
     g.sample_size(10);
-    for (name, kind) in [
-        ("maglev", SchedulerKind::Maglev),
-        ("rr", SchedulerKind::Rr),
-        ("lc", SchedulerKind::Lc),
-    ] {
-        g.bench_function(name, |b| {
-            b.iter_batched(
-                || new_flows(kind),
-                |mut s| {
-                    assert_eq!(s.pass(1000), NEW_FLOWS);
-                    s
-                },
-                BatchSize::PerIteration,
-            )
+    for (name, kind) in SCHEDULERS {
+        let mut s = NewFlows::new(kind, true);
+        g.bench_function(format!("new_flow/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut left = iters as usize;
+                let mut spent = Duration::ZERO;
+                while left > 0 {
+                    let n = left.min(NEW_FLOWS);
+                    let start = Instant::now();
+                    s.pass(n);
+                    spent += start.elapsed();
+                    s.expire_all();
+                    left -= n;
+                }
+                spent
+            })
         });
     }
     g.finish();
@@ -355,70 +184,53 @@ fn bench_new_flows(c: &mut Criterion) {
 
 // -------------------------------------------------------------- summary
 
-/// Median, 10th and 90th percentile of `samples` (ns per packet).
-fn quantiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.1), at(0.9))
-}
-
-fn time_per_packet(packets: usize, f: impl FnOnce() -> usize) -> f64 {
-    let start = Instant::now();
-    black_box(f());
-    start.elapsed().as_nanos() as f64 / packets as f64
-}
-
-fn row(name: &str, samples: Vec<f64>) {
-    let (median, p10, p90) = quantiles(samples);
-    println!("  {name:<44} {median:>8.1} {p10:>8.1} {p90:>8.1}");
-}
-
-fn summary() {
-    println!("\nsummary: ns per packet over {SUMMARY_SAMPLES} passes (median, p10, p90)");
-    println!("  {:<44} {:>8} {:>8} {:>8}", "case", "median", "p10", "p90");
-    for (name, flows, capacity) in [
-        ("established, 4096 flows, 2^13 table", SMALL_FLOWS, 1 << 13),
-        ("established, 4096 flows, 2^18 table", SMALL_FLOWS, 1 << 18),
-        (
-            "established, 262144 flows, 2^20 table",
-            LARGE_FLOWS,
-            BIG_TABLE,
-        ),
-    ] {
-        let mut s = established(flows, capacity);
-        let n = s.frames.len();
-        for _ in 0..3 {
-            s.pass(2000);
-        }
-        let mut both = Vec::new();
-        let mut copy = Vec::new();
-        for _ in 0..SUMMARY_SAMPLES {
-            both.push(time_per_packet(n, || s.pass(2000)));
-            copy.push(time_per_packet(n, || s.copy_pass()));
-        }
-        let net: Vec<f64> = both.iter().zip(&copy).map(|(b, c)| b - c).collect();
-        row(&format!("{name}: process+copy"), both);
-        row(&format!("{name}: copy only"), copy);
-        row(&format!("{name}: process (difference)"), net);
+/// ns per packet of `passes` passes over `frames` (after 3 unmeasured).
+fn passes(gw: &mut Gateway, frames: &[Frame], passes: usize) -> Vec<f64> {
+    for _ in 0..3 {
+        gw.replay(NOW, frames);
     }
-    for (name, kind) in [
-        ("maglev", SchedulerKind::Maglev),
-        ("rr", SchedulerKind::Rr),
-        ("lc", SchedulerKind::Lc),
-        ("wrr", SchedulerKind::Wrr),
-        ("sh", SchedulerKind::Sh),
-    ] {
-        let samples = (0..SUMMARY_SAMPLES / 3)
+    (0..passes)
+        .map(|_| summary::ns_per_item(frames.len(), || gw.replay(NOW, frames)))
+        .collect()
+}
+
+fn summary_established(t: &mut Summary) {
+    let n = t.samples();
+    for (name, flows, capacity) in SETS {
+        let mut s = established(flows, capacity, NOW);
+        let forward = passes(&mut s.gw, &s.forward, n);
+        let reply = passes(&mut s.gw, &s.reply, n);
+        let both = passes(&mut s.gw, &s.both, n);
+        let copy = (0..n)
+            .map(|_| summary::ns_per_item(s.both.len(), || s.gw.copy_only(&s.both)))
+            .collect();
+        t.push(&format!("established (client ACK), {name}"), forward);
+        t.push(&format!("reply (backend ACK), {name}"), reply);
+        t.push(&format!("both interleaved, {name}"), both);
+        t.push(&format!("copy only, {name}"), copy);
+    }
+}
+
+fn summary_new_flows(t: &mut Summary) {
+    let n = t.samples() / 3;
+    for (name, kind) in SCHEDULERS {
+        let mut s = NewFlows::new(kind, true);
+        let samples = (0..n.max(3))
             .map(|_| {
-                let mut s = new_flows(kind);
-                time_per_packet(NEW_FLOWS, || s.pass(1000))
+                let ns = summary::ns_per_item(NEW_FLOWS, || s.pass(NEW_FLOWS));
+                s.expire_all();
+                ns
             })
             .collect();
-        row(
-            &format!("new flows (SYN, 2^20 table), {name}: process+copy"),
-            samples,
-        );
+        t.push(&format!("new_flow (SYN), 2^20 table, {name}"), samples);
     }
+    let fresh = (0..n.max(3))
+        .map(|_| {
+            let mut s = NewFlows::new(SchedulerKind::Maglev, false);
+            summary::ns_per_item(NEW_FLOWS, || s.pass(NEW_FLOWS))
+        })
+        .collect();
+    t.push("new_flow (SYN), fresh 2^20 table, maglev", fresh);
 }
 
 // ------------------------------------------------------------- memory
@@ -431,9 +243,11 @@ fn rss_bytes() -> Option<usize> {
 }
 
 fn memory() {
-    let per = ConnTable::bytes_per_connection();
     println!("\nconnection table memory");
-    println!("  bytes_per_connection()                      {per} B");
+    println!(
+        "  bytes_per_connection()                      {} B",
+        ConnTable::bytes_per_connection()
+    );
     let before = rss_bytes();
     let config = ConnTableConfig {
         capacity: BIG_TABLE,
@@ -442,62 +256,65 @@ fn memory() {
     // Fixed, valid capacity.
     let table = ConnTable::new(&config).expect("valid table config");
     let after = rss_bytes();
-    let cap = table.capacity();
+    let cap = table.capacity() as f64;
     println!(
         "  memory_bytes() / capacity (2^20)            {:.2} B",
-        table.memory_bytes() as f64 / cap as f64
+        table.memory_bytes() as f64 / cap
     );
     if let (Some(b), Some(a)) = (before, after) {
         println!(
-            "  measured RSS growth / capacity (2^20)       {:.2} B",
-            a.saturating_sub(b) as f64 / cap as f64
+            "  RSS growth / capacity (2^20, unfilled)      {:.2} B",
+            a.saturating_sub(b) as f64 / cap
         );
     }
     drop(black_box(table));
 }
 
-/// `VIPGATE_BENCH_QUICK=<passes>`: only the established 4096-flow cases,
-/// minimum and median ns per packet over that many passes (process +
-/// copy). For comparing two builds on a noisy machine: the minimum moves
-/// least.
-fn quick(passes: usize) {
-    for (name, capacity) in [("2^13", 1 << 13), ("2^18", 1 << 18)] {
-        let mut s = established(SMALL_FLOWS, capacity);
-        let n = s.frames.len();
-        for _ in 0..10 {
-            s.pass(2000);
+// ------------------------------------------------------------- compare
+
+/// `VIPGATE_BENCH_COMPARE=<passes>`: min and median ns per packet of the
+/// 4096-flow cases over `passes` passes each.
+fn compare(passes_each: usize) {
+    for (name, flows, capacity) in &SETS[..2] {
+        let mut s = established(*flows, *capacity, NOW);
+        for (case, frames) in [
+            ("established", &s.forward),
+            ("reply", &s.reply),
+            ("both", &s.both),
+        ] {
+            let mut v = passes(&mut s.gw, frames, passes_each.max(1));
+            v.sort_by(f64::total_cmp);
+            println!(
+                "compare {case:<11} {name}: min {:.1} median {:.1} ns/packet",
+                v[0],
+                v[v.len() / 2]
+            );
         }
-        let mut samples: Vec<f64> = (0..passes.max(1))
-            .map(|_| time_per_packet(n, || s.pass(2000)))
-            .collect();
-        samples.sort_by(f64::total_cmp);
-        println!(
-            "quick established 4096 flows {name}: min {:.1} median {:.1} ns/packet",
-            samples[0],
-            samples[samples.len() / 2]
-        );
     }
 }
 
 fn main() {
-    if let Some(passes) = std::env::var("VIPGATE_BENCH_QUICK")
+    if let Some(n) = std::env::var("VIPGATE_BENCH_COMPARE")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        quick(passes);
+        compare(n);
         return;
     }
-    memory();
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(20)
-        .configure_from_args();
+    let mode = Mode::from_args();
+    if mode.summary() {
+        // First, while no large table was freed yet: the resident set
+        // growth is only meaningful before the allocator holds free pages.
+        memory();
+    }
+    let mut c = summary::criterion(Duration::from_millis(500), Duration::from_secs(2));
     bench_established(&mut c);
     bench_new_flows(&mut c);
     c.final_summary();
-    // VIPGATE_BENCH_SUMMARY=0 skips the median summary (for profiling).
-    if std::env::var("VIPGATE_BENCH_SUMMARY").as_deref() != Ok("0") {
-        summary();
+    if mode.summary() {
+        let mut t = Summary::new("pipeline", "ns per packet", mode.samples(SUMMARY_PASSES));
+        summary_established(&mut t);
+        summary_new_flows(&mut t);
+        t.print();
     }
 }
