@@ -16,6 +16,9 @@
 //!
 //! - [`rib`]: the Adj-RIB-Out, sans-IO: the application's desired routes
 //!   (with RFC 8326 drain) and, per peer, what was sent and the UPDATE diff.
+//! - [`rib_in`]: the Adj-RIB-In of each peer and the decision process that
+//!   picks the equal-cost best paths of every prefix (for a router that
+//!   installs what the gateways announce, such as the lab's), sans-IO.
 //! - [`speaker`] and [`transport`]: the I/O shell. A [`speaker::Speaker`]
 //!   runs many peers on its own thread's tokio runtime over TCP (MD5, GTSM;
 //!   the setsockopt FFI is confined to the private `sockopt` module) and
@@ -29,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod rib;
+pub mod rib_in;
 pub mod session;
 mod sockopt;
 pub mod speaker;

@@ -6,8 +6,10 @@
 //! task per peer, the accept loop, reconnects (the session's IdleHold
 //! backoff and ConnectRetry timer; a peer's task never waits on another's),
 //! connection collisions (RFC 4271 6.8) between an accepted and an outgoing
-//! connection, and the status the daemon and CLI read
-//! ([`SpeakerHandle::peers`], [`SpeakerHandle::adj_rib_out`]).
+//! connection, each peer's [`AdjRibIn`], and the status the daemon and CLI
+//! read ([`SpeakerHandle::peers`], [`SpeakerHandle::adj_rib_out`],
+//! [`SpeakerHandle::adj_rib_in`], with [`SpeakerHandle::wait_rib_in`] to
+//! wake up when a peer's Adj-RIB-In changes).
 //!
 //! Why a thread of its own: the daemon's other parts need not be async to
 //! use the speaker; [`SpeakerHandle`] is a plain, cloneable, blocking-free
@@ -24,7 +26,8 @@
 //! starts after the IdleHold delay.
 //!
 //! Must not touch: the wire format (in `wire`), the FSM (in `session`),
-//! announcement policy (the daemon decides what is in [`DesiredRoutes`]).
+//! announcement policy (the daemon decides what is in [`DesiredRoutes`]),
+//! the decision process over received routes (in `rib_in`, for the caller).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -38,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::rib::{AdjRibOut, DesiredRoutes, DrainPolicy, NextHopSelf, RouteAttrs};
+use crate::rib_in::{AdjRibIn, ReceivedRoute};
 use crate::session::{
     collision_winner, DownReason, Event, Initiator, Session, SessionConfig, SessionEvent, State,
     Transmit,
@@ -195,6 +199,10 @@ struct Shared {
     desired: watch::Sender<DesiredRoutes>,
     stop: watch::Sender<bool>,
     peers: Mutex<BTreeMap<IpAddr, PeerView>>,
+    /// Bumped (under this lock) each time a peer's published Adj-RIB-In
+    /// changes; `rib_in_cv` wakes [`SpeakerHandle::wait_rib_in`].
+    rib_in_generation: Mutex<u64>,
+    rib_in_cv: Condvar,
     done: Mutex<bool>,
     done_cv: Condvar,
 }
@@ -203,6 +211,8 @@ struct Shared {
 struct PeerView {
     status: PeerStatus,
     rib: Vec<(Prefix, RouteAttrs)>,
+    /// The peer's Adj-RIB-In as last published.
+    rib_in: Vec<ReceivedRoute>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -276,6 +286,8 @@ impl Shared {
             desired: watch::Sender::new(DesiredRoutes::new(config.drain)),
             stop: watch::Sender::new(false),
             peers: Mutex::new(peers),
+            rib_in_generation: Mutex::new(0),
+            rib_in_cv: Condvar::new(),
             done: Mutex::new(false),
             done_cv: Condvar::new(),
         }
@@ -294,6 +306,7 @@ impl PeerView {
                 last_error: None,
             },
             rib: vec![],
+            rib_in: vec![],
         }
     }
 }
@@ -342,6 +355,37 @@ impl SpeakerHandle {
             .filter(|(addr, _)| peer.is_none_or(|p| p == **addr))
             .flat_map(|(addr, v)| v.rib.iter().map(|(p, a)| (*addr, *p, a.clone())))
             .collect()
+    }
+
+    /// What `peer` (or every peer) announced to us and did not withdraw,
+    /// by peer, then prefix. Empty for a peer whose session is down.
+    pub fn adj_rib_in(&self, peer: Option<IpAddr>) -> Vec<ReceivedRoute> {
+        let peers = lock(&self.shared.peers);
+        peers
+            .iter()
+            .filter(|(addr, _)| peer.is_none_or(|p| p == **addr))
+            .flat_map(|(_, v)| v.rib_in.iter().cloned())
+            .collect()
+    }
+
+    /// The Adj-RIB-In generation: it grows each time any peer's published
+    /// Adj-RIB-In changes (an UPDATE that changed it, a session that went
+    /// down with routes).
+    pub fn rib_in_generation(&self) -> u64 {
+        *lock(&self.shared.rib_in_generation)
+    }
+
+    /// Blocks until the Adj-RIB-In generation differs from `seen`, or
+    /// `timeout` passes; returns the generation then (equal to `seen` on a
+    /// timeout). For a thread that mirrors received routes somewhere.
+    pub fn wait_rib_in(&self, seen: u64, timeout: Duration) -> u64 {
+        let generation = lock(&self.shared.rib_in_generation);
+        let (generation, _) = self
+            .shared
+            .rib_in_cv
+            .wait_timeout_while(generation, timeout, |g| *g == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *generation
     }
 
     /// Withdraw everything, send Cease to every peer, close; returns true
@@ -491,7 +535,8 @@ struct PeerTask {
     restart_primary_at: Option<Instant>,
     rib: AdjRibOut,
     rib_dirty: bool,
-    received: BTreeSet<Prefix>,
+    received: AdjRibIn,
+    received_dirty: bool,
     established_at: Option<Instant>,
     last_error: Option<String>,
     next_id: u64,
@@ -520,7 +565,8 @@ impl PeerTask {
             restart_primary_at: None,
             rib: AdjRibOut::new(),
             rib_dirty: true,
-            received: BTreeSet::new(),
+            received: AdjRibIn::new(),
+            received_dirty: false,
             established_at: None,
             last_error: None,
             next_id: 0,
@@ -858,7 +904,7 @@ impl PeerTask {
         drop(desired);
         self.rib_dirty = true;
         self.established_at = Some(now);
-        self.received.clear();
+        self.forget_received();
         tracing::info!(peer = %self.cfg.address, local = %local, "BGP session established");
     }
 
@@ -869,7 +915,7 @@ impl PeerTask {
         self.rib.reset();
         self.rib_dirty = true;
         self.established_at = None;
-        self.received.clear();
+        self.forget_received();
         if self.primary.derived && reason != DownReason::Collision {
             // Back to the configured (active or passive) session.
             let config = self
@@ -883,16 +929,14 @@ impl PeerTask {
     }
 
     fn on_update(&mut self, u: &UpdateRepr) {
-        for p in &u.withdrawn {
-            self.received.remove(p);
-        }
-        for p in &u.announced {
-            if u.treat_as_withdraw.is_some() {
-                self.received.remove(p);
-            } else {
-                self.received.insert(*p);
-            }
-        }
+        self.received_dirty |= self.received.apply(u);
+    }
+
+    /// The session's routes are gone with it (RFC 4271 8.2.2: the Adj-RIB-In
+    /// of a session that leaves Established is deleted).
+    fn forget_received(&mut self) {
+        self.received_dirty |= !self.received.is_empty();
+        self.received.clear();
     }
 
     fn sync_rib(&mut self) {
@@ -963,7 +1007,7 @@ impl PeerTask {
         self.rib.reset();
         self.rib_dirty = true;
         self.established_at = None;
-        self.received.clear();
+        self.forget_received();
     }
 
     fn publish(&mut self) {
@@ -982,6 +1026,19 @@ impl PeerTask {
                 .map(|(p, a)| (*p, a.clone()))
                 .collect()
         });
+        let ibgp = self.cfg.remote_as == self.local_as;
+        let rib_in = std::mem::take(&mut self.received_dirty).then(|| {
+            self.received
+                .routes()
+                .iter()
+                .map(|(p, a)| ReceivedRoute {
+                    peer: self.cfg.address,
+                    ibgp,
+                    prefix: *p,
+                    attributes: a.clone(),
+                })
+                .collect()
+        });
         let mut peers = lock(&self.shared.peers);
         let view = peers
             .entry(self.cfg.address)
@@ -989,6 +1046,13 @@ impl PeerTask {
         view.status = status;
         if let Some(rib) = rib {
             view.rib = rib;
+        }
+        if let Some(rib_in) = rib_in {
+            view.rib_in = rib_in;
+            // Bumped while `peers` is held: a reader that saw the new
+            // generation reads the new table.
+            *lock(&self.shared.rib_in_generation) += 1;
+            self.shared.rib_in_cv.notify_all();
         }
     }
 
@@ -1012,6 +1076,7 @@ impl PeerTask {
         }
         self.rib.reset();
         self.rib_dirty = true;
+        self.forget_received();
         self.publish();
         let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
         for task in self.closing.drain(..) {
