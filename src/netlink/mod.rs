@@ -31,7 +31,10 @@ use crate::netns::NetNs;
 pub use addr::Addr;
 pub use link::Link;
 pub use neigh::{parse_neighbour_event, Neighbour, NeighbourState, RTNLGRP_NEIGH};
-pub use route::{Family, Route, RouteHit};
+pub use route::{
+    parse_route_event, Family, PathRoute, Route, RouteEvent, RouteHit, PROTO_BGP,
+    RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE,
+};
 pub use socket::{NetlinkError, RouteSocket};
 
 /// An rtnetlink client bound to one network namespace.
