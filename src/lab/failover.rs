@@ -36,15 +36,16 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::keepalived::{self, Keepalived};
+use super::probe::{
+    achieved_rate, fmt_rate, gaps, payload, sleep_unless_interrupted, udp_rcvbuf_errors, Flow, Gap,
+    Probe,
+};
 use crate::netns::NetNs;
 
 /// One gateway's configuration; see the file for the placeholders.
@@ -70,14 +71,6 @@ const ECHO_PORT: u16 = 7;
 const PROBE_RATE: u32 = 1_000;
 /// Probe rate per VIP of `--scenario failover-compare` (10 kpps).
 const COMPARE_RATE: u32 = 10_000;
-/// Upper bound on one probe stream's length; with the rate, on its count
-/// (30,000 datagrams per VIP at 1 kpps, 300,000 at 10 kpps).
-const PROBE_SECONDS: u32 = 30;
-/// After a stall the sender catches up with at most this many datagrams
-/// back to back per VIP.
-const PROBE_BURST: u32 = 10;
-/// Receive buffer of each probe socket (bytes asked for).
-const PROBE_RCVBUF: usize = 8 << 20;
 /// The no-event baseline of the comparison.
 const BASELINE: Duration = Duration::from_secs(2);
 /// An unplanned loss window longer than this fails the phase.
@@ -123,14 +116,14 @@ impl Gw {
         }
     }
 
-    fn suffix(self) -> &'static str {
+    pub(super) fn suffix(self) -> &'static str {
         match self {
             Gw::A => "gwa",
             Gw::B => "gwb",
         }
     }
 
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         self as usize
     }
 
@@ -336,20 +329,7 @@ impl FailoverLab {
 
     /// Runs `ip -n NS ARGS`.
     fn ip(&self, ns: &str, args: &str) -> Result<()> {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(ns)
-            .args(args.split_whitespace())
-            .stdin(Stdio::null())
-            .output()
-            .context("running ip (iproute2)")?;
-        if !out.status.success() {
-            bail!(
-                "ip -n {ns} {args}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        super::ip(ns, args)
     }
 
     /// Bridges, veth links, addresses, routes and policy rules.
@@ -413,43 +393,16 @@ impl FailoverLab {
     }
 
     fn start_backend(&mut self) -> Result<()> {
-        let exe = std::env::current_exe()?;
-        let log = fs::File::create(self.dir.join("backend.log"))?;
-        let addresses = BACKENDS.map(|a| a.to_string()).join(",");
-        let child = self
-            .backend
-            .command(&exe)
-            .args(["lab", "serve", "--ports", "80,81,82", "--addresses"])
-            .arg(addresses)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the lab's backend servers")?;
+        let addresses = BACKENDS.map(std::net::IpAddr::V4);
+        let child = super::start_web_servers(
+            &self.backend,
+            &self.dir.join("backend.log"),
+            &addresses,
+            &addresses,
+        )?;
         self.record(child.id())?;
         self.backend_proc = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = self.backend.run(|| {
-                BACKENDS.iter().all(|a| {
-                    std::net::TcpStream::connect_timeout(
-                        &(*a, 80).into(),
-                        Duration::from_millis(200),
-                    )
-                    .is_ok()
-                })
-            })?;
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the backend servers did not start (see {}/backend.log)",
-                    self.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Ok(())
     }
 
     /// net.ipv4.ip_forward in `gw`'s namespace.
@@ -583,49 +536,17 @@ impl FailoverLab {
             &config_path,
             gateway_config(gw, &self.socket(gw), self.workers),
         )?;
-        let exe = std::env::current_exe()?;
         let log_path = self.dir.join(format!("{}.log", gw.label()));
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let ns = &self.gws[gw.index()];
-        let child = ns
-            .command(&exe)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}'s daemon", gw.label()))?;
+        let child = super::start_daemon(
+            &self.gws[gw.index()],
+            &config_path,
+            &log_path,
+            &self.socket(gw),
+            gw.label(),
+        )?;
         self.record(child.id())?;
         self.daemons[gw.index()] = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.status(gw).is_some() {
-                return Ok(());
-            }
-            let exited = self.daemons[gw.index()]
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(code) = exited {
-                let log = fs::read_to_string(&log_path).unwrap_or_default();
-                bail!(
-                    "{}'s daemon exited ({code}) during start:\n{log}",
-                    gw.label()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{}'s daemon did not answer within 20 s (see {})",
-                    gw.label(),
-                    log_path.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(())
     }
 
     /// SIGKILL for `gw`'s daemon (no resign, no restore); waits for it.
@@ -812,188 +733,6 @@ impl Drop for FailoverLab {
     }
 }
 
-// ------------------------------------------------------------- the probe
-
-/// A UDP echo stream to each VIP from the client namespace.
-struct Probe {
-    started: Instant,
-    /// Datagrams per VIP at most.
-    max: usize,
-    stop_send: Arc<AtomicBool>,
-    stop_recv: Arc<AtomicBool>,
-    sender: JoinHandle<Vec<Instant>>,
-    receivers: Vec<JoinHandle<Vec<Option<Instant>>>>,
-}
-
-/// What one VIP's stream saw: send time and reply time per sequence number.
-struct Trace {
-    sent: Vec<Instant>,
-    replies: Vec<Option<Instant>>,
-}
-
-impl Probe {
-    /// A stream of `rate` datagrams per second to each VIP, at most
-    /// [`PROBE_SECONDS`] long.
-    fn start(client: &NetNs, rate: u32) -> Result<Probe> {
-        let rate = rate.max(1);
-        let every = Duration::from_secs(1) / rate;
-        let max = rate as usize * PROBE_SECONDS as usize;
-        let sockets = client.run(|| -> std::io::Result<Vec<UdpSocket>> {
-            VIPS.iter()
-                .map(|(_, vip)| {
-                    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-                    s.connect(SocketAddr::from((*vip, ECHO_PORT)))?;
-                    s.set_read_timeout(Some(Duration::from_millis(20)))?;
-                    // Room for a few hundred ms of replies while the
-                    // receiver waits for a core (capped by rmem_max).
-                    socket2::SockRef::from(&s).set_recv_buffer_size(PROBE_RCVBUF)?;
-                    Ok(s)
-                })
-                .collect()
-        })??;
-        let stop_send = Arc::new(AtomicBool::new(false));
-        let stop_recv = Arc::new(AtomicBool::new(false));
-        let mut receivers = Vec::new();
-        for (i, s) in sockets.iter().enumerate() {
-            let s = s.try_clone()?;
-            let stop = stop_recv.clone();
-            receivers.push(std::thread::spawn(move || receive(&s, i, max, &stop)));
-        }
-        let stop = stop_send.clone();
-        let started = Instant::now();
-        let sender = std::thread::spawn(move || send(&sockets, every, max, &stop));
-        Ok(Probe {
-            started,
-            max,
-            stop_send,
-            stop_recv,
-            sender,
-            receivers,
-        })
-    }
-
-    /// Stops sending, waits for late replies, returns one trace per VIP.
-    fn stop(self) -> Vec<Trace> {
-        self.stop_send.store(true, Ordering::Relaxed);
-        let sent = self.sender.join().unwrap_or_default();
-        std::thread::sleep(Duration::from_millis(300));
-        self.stop_recv.store(true, Ordering::Relaxed);
-        self.receivers
-            .into_iter()
-            .map(|r| Trace {
-                sent: sent.clone(),
-                replies: r.join().unwrap_or_default(),
-            })
-            .collect()
-    }
-}
-
-fn payload(vip: usize, seq: usize) -> String {
-    format!("probe {vip} {seq}")
-}
-
-/// (vip, seq) from an echo reply: the server's answer line, then the
-/// request.
-fn parse_reply(reply: &[u8]) -> Option<(usize, usize)> {
-    let text = std::str::from_utf8(reply).ok()?;
-    let mut words = text.split_whitespace().rev();
-    let seq = words.next()?.parse().ok()?;
-    let vip = words.next()?.parse().ok()?;
-    (words.next()? == "probe").then_some((vip, seq))
-}
-
-/// Sends one datagram to each socket every `every` (catching up after an
-/// oversleep, by [`PROBE_BURST`] at most), at most `max`; the send times.
-fn send(sockets: &[UdpSocket], every: Duration, max: usize, stop: &AtomicBool) -> Vec<Instant> {
-    use std::fmt::Write;
-    let mut sent = Vec::with_capacity(max.min(1 << 20));
-    let mut text = String::with_capacity(32);
-    let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) && sent.len() < max {
-        let seq = sent.len();
-        sent.push(Instant::now());
-        for (i, s) in sockets.iter().enumerate() {
-            text.clear();
-            let _ = write!(text, "probe {i} {seq}");
-            // A send error (e.g. an unresolved VIP) is a lost datagram.
-            let _ = s.send(text.as_bytes());
-        }
-        next += every;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else if now - next > every * PROBE_BURST {
-            // Stalled: resume the pace instead of a burst that would
-            // overflow the backend's socket buffer (shows as a lower
-            // achieved rate, never as loss).
-            next = now;
-        }
-    }
-    sent
-}
-
-fn receive(socket: &UdpSocket, vip: usize, max: usize, stop: &AtomicBool) -> Vec<Option<Instant>> {
-    let mut replies: Vec<Option<Instant>> = Vec::new();
-    let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(n) = socket.recv(&mut buf) else {
-            continue;
-        };
-        let at = Instant::now();
-        let Some((v, seq)) = parse_reply(&buf[..n]) else {
-            continue;
-        };
-        if v != vip || seq >= max {
-            continue;
-        }
-        if replies.len() <= seq {
-            replies.resize(seq + 1, None);
-        }
-        replies[seq].get_or_insert(at);
-    }
-    replies
-}
-
-/// A run of lost datagrams.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gap {
-    /// Send time of the first lost datagram, from the stream's start.
-    pub at: Duration,
-    pub lost: usize,
-    /// Last reply before the gap to the first after it; `None`: no reply
-    /// came after it.
-    pub window: Option<Duration>,
-}
-
-/// The gaps of one stream. `sent[i]` is when datagram i left, `replies[i]`
-/// when its reply came (shorter than `sent` if the tail got none).
-pub fn gaps(start: Instant, sent: &[Instant], replies: &[Option<Instant>]) -> Vec<Gap> {
-    let got = |i: usize| replies.get(i).copied().flatten();
-    let mut out = Vec::new();
-    let mut last_reply = Some(start);
-    let mut i = 0;
-    while i < sent.len() {
-        if let Some(at) = got(i) {
-            last_reply = Some(at);
-            i += 1;
-            continue;
-        }
-        let first = i;
-        while i < sent.len() && got(i).is_none() {
-            i += 1;
-        }
-        let after = if i < sent.len() { got(i) } else { None };
-        out.push(Gap {
-            at: sent[first].saturating_duration_since(start),
-            lost: i - first,
-            window: after
-                .zip(last_reply)
-                .map(|(a, b)| a.saturating_duration_since(b)),
-        });
-    }
-    out
-}
-
 // ------------------------------------------------------------- phases
 
 /// One phase's measurements.
@@ -1070,7 +809,8 @@ struct Phase {
 impl Phase {
     fn start(lab: &FailoverLab, label: &'static str, planned: bool) -> Result<Phase> {
         println!("\n{label}");
-        let probe = Probe::start(&lab.client, lab.rate)?;
+        let flows = VIPS.map(|(_, vip)| Flow::to(SocketAddr::from((vip, ECHO_PORT))));
+        let probe = Probe::start(&lab.client, lab.rate, &flows)?;
         let mut phase = Phase {
             label,
             planned,
@@ -1232,56 +972,6 @@ fn word_after(text: &str, key: &str) -> Option<String> {
     let mut words = text.split_whitespace();
     words.find(|w| *w == key)?;
     words.next().map(str::to_string)
-}
-
-/// UDP datagrams the kernel of `ns` dropped for a full socket buffer
-/// (RcvbufErrors in /proc/net/snmp); 0 if unreadable.
-fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
-    // thread-self: the namespace of the thread `run` moved, not the
-    // process's.
-    ns.run(|| fs::read_to_string("/proc/thread-self/net/snmp"))
-        .ok()
-        .and_then(Result::ok)
-        .and_then(|t| parse_rcvbuf_errors(&t))
-        .unwrap_or(0)
-}
-
-fn parse_rcvbuf_errors(snmp: &str) -> Option<u64> {
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (names, values) = (udp.next()?, udp.next()?);
-    let i = names.split_whitespace().position(|w| w == "RcvbufErrors")?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
-
-/// Datagrams per second from the first send to the last.
-fn achieved_rate(sent: &[Instant]) -> f64 {
-    match (sent.first(), sent.last()) {
-        (Some(a), Some(b)) if sent.len() > 1 => {
-            (sent.len() - 1) as f64 / b.saturating_duration_since(*a).as_secs_f64().max(1e-9)
-        }
-        _ => 0.0,
-    }
-}
-
-/// "1 kpps", "10 kpps", "9.98 kpps", "500 pps".
-fn fmt_rate(pps: f64) -> String {
-    if pps >= 1000.0 {
-        let k = pps / 1000.0;
-        if (k - k.round()).abs() < 1e-9 {
-            format!("{k:.0} kpps")
-        } else {
-            format!("{k:.2} kpps")
-        }
-    } else {
-        format!("{pps:.0} pps")
-    }
-}
-
-fn sleep_unless_interrupted(d: Duration) {
-    let until = Instant::now() + d;
-    while Instant::now() < until && !super::interrupted() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn scenario(lab: &mut FailoverLab, baseline: bool) -> Result<Vec<Report>> {
@@ -1685,62 +1375,10 @@ fn print_summary(reports: &[Report]) {
 mod tests {
     use super::*;
 
-    fn at(start: Instant, ms: u64) -> Instant {
-        start + Duration::from_millis(ms)
-    }
-
     #[test]
-    fn gaps_measure_lost_runs_and_windows() {
-        let s = Instant::now();
-        let sent: Vec<Instant> = (0..6).map(|i| at(s, i)).collect();
-        let replies = vec![Some(at(s, 1)), None, None, Some(at(s, 10)), Some(at(s, 11))];
-        let g = gaps(s, &sent, &replies);
-        assert_eq!(
-            g,
-            vec![
-                Gap {
-                    at: Duration::from_millis(1),
-                    lost: 2,
-                    window: Some(Duration::from_millis(9)),
-                },
-                Gap {
-                    at: Duration::from_millis(5),
-                    lost: 1,
-                    window: None,
-                },
-            ]
-        );
-        let all: Vec<Option<Instant>> = sent.iter().map(|t| Some(*t)).collect();
-        assert!(gaps(s, &sent, &all).is_empty());
-    }
-
-    #[test]
-    fn rcvbuf_errors_parse_from_snmp() {
-        let snmp = "Ip: Forwarding\nIp: 1\n\
-                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
-                    Udp: 10 0 7 12 5 0\n\
-                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
-                    UdpLite: 0 0 0 0 9 0\n";
-        assert_eq!(parse_rcvbuf_errors(snmp), Some(5));
-        assert_eq!(parse_rcvbuf_errors("Ip: x\n"), None);
-    }
-
-    #[test]
-    fn phase_keys_and_rates_read_well() {
+    fn phase_keys_read_well() {
         assert_eq!(phase_key("(a+) gw-a's keepalived"), "a+");
         assert_eq!(phase_key("(c) planned"), "c");
-        assert_eq!(fmt_rate(1000.0), "1 kpps");
-        assert_eq!(fmt_rate(9_981.0), "9.98 kpps");
-        let s = Instant::now();
-        let sent: Vec<Instant> = (0..11).map(|i| at(s, i)).collect();
-        assert!((achieved_rate(&sent) - 1000.0).abs() < 1.0);
-    }
-
-    #[test]
-    fn replies_parse_back_to_vip_and_sequence() {
-        let reply = format!("{}{}", super::super::serve::answer_text(80), payload(1, 42));
-        assert_eq!(parse_reply(reply.as_bytes()), Some((1, 42)));
-        assert_eq!(parse_reply(b"vhost web80 port 80\nnot a probe"), None);
     }
 
     #[test]

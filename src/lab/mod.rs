@@ -22,8 +22,11 @@
 //! deletes the namespaces. `lab run` does up, the scenario, and down, on
 //! every path.
 
+mod ecmp;
 mod failover;
 mod keepalived;
+mod probe;
+pub mod router;
 mod scenario;
 pub mod serve;
 
@@ -77,6 +80,12 @@ pub enum LabCommand {
         /// Dataplane workers of the gateway.
         #[arg(long, default_value_t = 2)]
         workers: u16,
+        /// The upstream router of `--scenario ecmp` and `ecmp-timing`.
+        #[arg(long, value_enum, default_value_t = ecmp::Router::Builtin)]
+        router: ecmp::Router,
+        /// Rounds of every trigger in `--scenario ecmp-timing`.
+        #[arg(long, default_value_t = 10)]
+        repeat: u32,
     },
     /// Build the lab and leave it running (see `lab down`).
     Up {
@@ -99,6 +108,16 @@ pub enum LabCommand {
         #[arg(long, value_delimiter = ',')]
         addresses: Vec<std::net::IpAddr>,
     },
+    /// The ECMP lab's upstream router: holds the BGP sessions of FILE's
+    /// [bgp] (the `route speak` format, usually passive peers), announces
+    /// nothing, and installs the best paths of what the peers announce into
+    /// this namespace's kernel FIB, one multipath route per prefix (`proto
+    /// bgp`); removes them on SIGTERM/SIGINT.
+    #[command(hide = true)]
+    Router {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 impl LabCommand {
@@ -109,6 +128,8 @@ impl LabCommand {
             name: "vglab".into(),
             requests: 30,
             workers: 2,
+            router: ecmp::Router::Builtin,
+            repeat: 10,
         }
     }
 }
@@ -118,6 +139,7 @@ pub fn main(command: LabCommand) -> Result<ExitCode> {
         LabCommand::Serve { ports, addresses } => {
             serve::serve(&ports, &addresses).map(|()| ExitCode::SUCCESS)
         }
+        LabCommand::Router { config } => router::run(&config),
         LabCommand::Down { name } => {
             privileges::require_lab()?;
             let removed = down(&name)?;
@@ -136,9 +158,17 @@ pub fn main(command: LabCommand) -> Result<ExitCode> {
             name,
             requests,
             workers,
+            router,
+            repeat,
         } => {
             privileges::require_lab()?;
             watch_signals()?;
+            if scenario == scenario::Scenario::Ecmp {
+                return ecmp::run(&name, workers, router);
+            }
+            if scenario == scenario::Scenario::EcmpTiming {
+                return ecmp::run_timing(&name, workers, router, repeat);
+            }
             if scenario == scenario::Scenario::Failover {
                 return failover::run(&name, workers);
             }
@@ -485,10 +515,15 @@ fn stop_child(child: &mut Child) {
 }
 
 fn terminate_pid(pid: i32) {
+    send_signal(pid, libc::SIGTERM);
+}
+
+/// kill(2) of a process the lab started.
+fn send_signal(pid: i32, signal: i32) {
     // SAFETY: kill(2) with a pid we started and a valid signal number.
     #[allow(unsafe_code)]
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, signal);
     }
 }
 
@@ -513,11 +548,7 @@ pub fn down(name: &str) -> Result<String> {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 if pid_alive(*pid) {
-                    // SAFETY: as in terminate_pid.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        libc::kill(*pid, libc::SIGKILL);
-                    }
+                    send_signal(*pid, libc::SIGKILL);
                 }
                 stopped += 1;
             }
@@ -530,6 +561,7 @@ pub fn down(name: &str) -> Result<String> {
         format!("{name}-srv"),
     ];
     names.extend(failover::namespace_names(name));
+    names.extend(ecmp::namespace_names(name));
     for ns in NetNs::list_named()? {
         if names.contains(&ns) {
             NetNs::open(&ns)?.delete_named()?;
@@ -550,6 +582,115 @@ fn is_vipgate(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .map(|c| c.contains("vipgate") || c.contains("lab"))
         .unwrap_or(false)
+}
+
+/// Runs `ip -n NS ARGS` (iproute2: bridge ports, policy rules and the
+/// like, beyond the lab's netlink helpers).
+fn ip(ns: &str, args: &str) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .arg("-n")
+        .arg(ns)
+        .args(args.split_whitespace())
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip -n {ns} {args}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Starts the lab's web servers (`vipgate lab serve`, ports 80-82) in
+/// `ns`, bound to `addresses` (all: `[::]`), output in `log`; returns once
+/// port 80 of every address in `check` accepts (10 s at most; the process
+/// is ended otherwise).
+fn start_web_servers(
+    ns: &NetNs,
+    log: &Path,
+    addresses: &[std::net::IpAddr],
+    check: &[std::net::IpAddr],
+) -> Result<Child> {
+    let exe = std::env::current_exe()?;
+    let out = fs::File::create(log)?;
+    let mut command = ns.command(&exe);
+    command.args(["lab", "serve", "--ports", "80,81,82"]);
+    if !addresses.is_empty() {
+        let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        command.arg("--addresses").arg(list.join(","));
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting the lab's web servers")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let check = check.to_vec();
+        let ok = ns.run(move || {
+            check.iter().all(|a| {
+                std::net::TcpStream::connect_timeout(&(*a, 80).into(), Duration::from_millis(200))
+                    .is_ok()
+            })
+        })?;
+        if ok {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            stop_child(&mut child);
+            bail!(
+                "the lab's web servers did not start (see {})",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `vipgate run --config CONFIG` in `ns` (output appended to
+/// `log`) and returns once it answers on its control socket `socket` (20 s
+/// at most; the process is ended otherwise). `label` names it in errors.
+fn start_daemon(
+    ns: &NetNs,
+    config: &Path,
+    log: &Path,
+    socket: &Path,
+    label: &str,
+) -> Result<Child> {
+    let exe = std::env::current_exe()?;
+    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut child = ns
+        .command(&exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {label}'s daemon"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = crate::control::request(socket, &serde_json::json!({"cmd": "status"}));
+        if status.is_ok() {
+            return Ok(child);
+        }
+        if let Ok(Some(code)) = child.try_wait() {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            bail!("{label}'s daemon exited ({code}) during start:\n{text}");
+        }
+        if Instant::now() > deadline || interrupted() {
+            stop_child(&mut child);
+            bail!(
+                "{label}'s daemon did not answer within 20 s (see {})",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn index(nl: &mut RtNetlink, name: &str) -> Result<u32> {

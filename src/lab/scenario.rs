@@ -23,6 +23,16 @@ pub enum Scenario {
     /// The failover phases at 10 kpps per VIP, first with the vipgate
     /// pair, then with a keepalived pair (kernel NAT), side by side.
     FailoverCompare,
+    /// An upstream router (`--router builtin` or `bird`) with one
+    /// multipath route per VIP to two gateways that announce it over BGP:
+    /// the split of flows per gateway, the same backend through either
+    /// (Maglev), and a UDP probe while gw-a is drained (planned: no loss),
+    /// frozen with SIGSTOP (lost until the hold timer) and killed.
+    Ecmp,
+    /// The ECMP lab timing VIP state changes on gw-a (drain, operator
+    /// route, VRRP resign/resume) to the router's kernel FIB, `--repeat`
+    /// rounds, medians.
+    EcmpTiming,
 }
 
 /// One kind of request the client sends.
@@ -86,7 +96,9 @@ pub fn run(scenario: Scenario, lab: &Lab, requests: u32) -> Result<bool> {
     match scenario {
         Scenario::Smoke => smoke(lab, requests),
         // Runs on its own topology (see `super::failover`).
-        Scenario::Failover | Scenario::FailoverCompare => Ok(false),
+        Scenario::Failover | Scenario::FailoverCompare | Scenario::Ecmp | Scenario::EcmpTiming => {
+            Ok(false)
+        }
     }
 }
 
@@ -176,7 +188,7 @@ fn drive(probe: Probe, requests: u32, tty: bool) -> Tally {
 
 /// One HTTP/1.1 GET on a fresh connection; returns the body. Retries once
 /// (a first SYN may meet an unresolved neighbour).
-fn http_request(target: SocketAddr) -> std::io::Result<String> {
+pub(super) fn http_request(target: SocketAddr) -> std::io::Result<String> {
     let mut last = None;
     for _ in 0..3 {
         match http_once(target) {
@@ -216,9 +228,14 @@ fn http_once(target: SocketAddr) -> std::io::Result<String> {
 
 /// One UDP datagram from a fresh socket; waits for the answer (3 tries).
 fn udp_request(target: SocketAddr, i: u32) -> std::io::Result<String> {
+    udp_request_from(target, 0, i)
+}
+
+/// [`udp_request`] from source port `port` (0: any).
+pub(super) fn udp_request_from(target: SocketAddr, port: u16, i: u32) -> std::io::Result<String> {
     let bind: SocketAddr = match target {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
     };
     let socket = UdpSocket::bind(bind)?;
     socket.connect(target)?;
