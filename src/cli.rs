@@ -101,6 +101,14 @@ enum Command {
         #[arg(long, default_value_os_t = daemon::default_socket())]
         socket: PathBuf,
     },
+    /// Backends of the running daemon: operator drain and health events.
+    Backend {
+        #[command(subcommand)]
+        command: BackendCommand,
+        /// Control socket of the daemon.
+        #[arg(long, global = true, default_value_os_t = daemon::default_socket())]
+        socket: PathBuf,
+    },
     /// Build the lab in network namespaces on this machine and run a
     /// scenario through the dataplane.
     Lab {
@@ -119,6 +127,32 @@ enum VrrpCommand {
     /// mastership from a lower-priority master).
     Resume { instance: String },
     /// Print VRRP state changes as JSON lines (--follow keeps reading).
+    Events {
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BackendCommand {
+    /// New connections of SERVICE go to its other backends; those open to
+    /// BACKEND (ADDRESS or ADDRESS:PORT) finish. Lasts until undrain or a
+    /// restart.
+    Drain {
+        service: String,
+        backend: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo `backend drain`.
+    Undrain {
+        service: String,
+        backend: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print health transitions and operator drains as JSON lines
+    /// (--follow keeps reading).
     Events {
         #[arg(long)]
         follow: bool,
@@ -203,6 +237,9 @@ pub fn main() -> ExitCode {
         Command::Undrain { json, socket } => {
             drain(&socket, json, false).map(|()| ExitCode::SUCCESS)
         }
+        Command::Backend { command, socket } => {
+            backend(&socket, command).map(|()| ExitCode::SUCCESS)
+        }
         Command::Lab { command } => lab::main(command),
     };
     match result {
@@ -235,11 +272,18 @@ fn check(path: &Path, no_system: bool) -> Result<ExitCode> {
     match config::validate_str(&source, &path.display().to_string(), view.as_ref()) {
         Ok(c) => {
             let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
+            let checked = c
+                .services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .filter(|b| b.health.is_some())
+                .count();
             println!(
-                "{}: ok ({} service(s), {} backend(s), {} interface(s), {} VRRP instance(s), {} BGP peer(s){})",
+                "{}: ok ({} service(s), {} backend(s) of which {} health-checked, {} interface(s), {} VRRP instance(s), {} BGP peer(s){})",
                 path.display(),
                 c.services.len(),
                 backends,
+                checked,
                 c.interfaces.len(),
                 c.vrrp.instances.len(),
                 c.bgp.peers.len(),
@@ -268,6 +312,59 @@ fn status(socket: &Path, raw: bool) -> Result<()> {
     Ok(())
 }
 
+fn backend(socket: &Path, command: BackendCommand) -> Result<()> {
+    let (cmd, service, backend, json) = match command {
+        BackendCommand::Drain {
+            service,
+            backend,
+            json,
+        } => ("backend.drain", service, backend, json),
+        BackendCommand::Undrain {
+            service,
+            backend,
+            json,
+        } => ("backend.undrain", service, backend, json),
+        BackendCommand::Events { follow } => {
+            return follow_events(socket, "backend.events", follow)
+        }
+    };
+    let r = control::request(
+        socket,
+        &json!({"cmd": cmd, "service": service, "backend": backend}),
+    )?;
+    if json {
+        println!("{r}");
+    } else {
+        let note = if r["changed"] == json!(true) {
+            ""
+        } else {
+            " (already)"
+        };
+        println!(
+            "{service} {}: {}{note}",
+            r["backend"].as_str().unwrap_or(&backend),
+            r["state"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// Prints the events of `cmd` as JSON lines; with `follow`, keeps polling.
+fn follow_events(socket: &Path, cmd: &str, follow: bool) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let r = control::request(socket, &json!({"cmd": cmd, "after": after}))?;
+        for e in r["events"].as_array().into_iter().flatten() {
+            println!("{e}");
+            after = after.max(e["seq"].as_u64().unwrap_or(0));
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn vrrp(socket: &Path, command: VrrpCommand) -> Result<()> {
     match command {
         VrrpCommand::Resign { instance } => {
@@ -281,20 +378,7 @@ fn vrrp(socket: &Path, command: VrrpCommand) -> Result<()> {
             control::request(socket, &json!({"cmd": "vrrp.resume", "instance": instance}))?;
             println!("{instance}: resumed");
         }
-        VrrpCommand::Events { follow } => {
-            let mut after = 0;
-            loop {
-                let r = control::request(socket, &json!({"cmd": "vrrp.events", "after": after}))?;
-                for e in r["events"].as_array().into_iter().flatten() {
-                    println!("{e}");
-                    after = after.max(e["seq"].as_u64().unwrap_or(0));
-                }
-                if !follow {
-                    return Ok(());
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        }
+        VrrpCommand::Events { follow } => return follow_events(socket, "vrrp.events", follow),
     }
     Ok(())
 }
@@ -496,19 +580,40 @@ pub fn render_status(d: &Value) -> String {
         } else {
             vip.to_string()
         };
+        let mut notes = Vec::new();
+        if s["active"] == json!(false) {
+            notes.push("VIP not active here".to_string());
+        }
+        if s["usable"] == json!(false) {
+            notes.push(format!(
+                "NOT USABLE: healthy weight {} < quorum {}",
+                s["healthy_weight"], s["quorum"]
+            ));
+        }
+        if s["sorry_server_active"] == json!(true) {
+            notes.push(format!(
+                "sorry server {} takes new connections",
+                s["sorry_server"].as_str().unwrap_or("?")
+            ));
+        }
         let _ = writeln!(
             out,
-            "\nservice {}  {}:{}/{}  scheduler {}",
+            "\nservice {}  {}:{}/{}  scheduler {}{}",
             s["name"].as_str().unwrap_or("?"),
             vip,
             s["port"],
             s["protocol"].as_str().unwrap_or("?"),
             s["scheduler"].as_str().unwrap_or("?"),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", notes.join("; "))
+            }
         );
         let _ = writeln!(
             out,
-            "  {:<40} {:>6} {:>12}",
-            "backend", "weight", "connections"
+            "  {:<30} {:>6} {:>6} {:>11}  {:<9} last check",
+            "backend", "weight", "in use", "connections", "state"
         );
         for b in s["backends"].as_array().into_iter().flatten() {
             let addr = b["address"].as_str().unwrap_or("?");
@@ -517,12 +622,32 @@ pub fn render_status(d: &Value) -> String {
             } else {
                 format!("{addr}:{}", b["port"])
             };
+            let in_use = match b["weight_in_use"].as_u64() {
+                Some(w) => w.to_string(),
+                None => "-".to_string(),
+            };
+            let last = &b["health"]["last"];
+            let check = if last.is_null() {
+                b["check"]
+                    .as_str()
+                    .map_or(String::new(), |c| format!("{c}: pending"))
+            } else {
+                format!(
+                    "{}: {} in {} ms",
+                    b["check"].as_str().unwrap_or("?"),
+                    last["reason"].as_str().unwrap_or("?"),
+                    last["latency_ms"]
+                )
+            };
             let _ = writeln!(
                 out,
-                "  {:<40} {:>6} {:>12}",
+                "  {:<30} {:>6} {:>6} {:>11}  {:<9} {}",
                 ep,
                 b["weight"].to_string(),
-                b["connections"].to_string()
+                in_use,
+                b["connections"].to_string(),
+                b["state"].as_str().unwrap_or("?"),
+                check
             );
         }
     }

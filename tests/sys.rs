@@ -264,6 +264,7 @@ fn filter(vips: &[IpAddr]) -> IngressFilter {
                 port: 80,
             },
         ],
+        local: Vec::new(),
     }
 }
 

@@ -546,7 +546,11 @@ fn a_backend_answering_the_node_itself_is_left_to_the_kernel() {
     for own in ["198.18.20.1", "2001:db8:20::1"] {
         let mut b = Bench::new();
         b.nh = nexthops(true).with_local_addresses([ip(own)]);
-        let backend = if own.contains(':') { BACKEND6 } else { BACKEND4 };
+        let backend = if own.contains(':') {
+            BACKEND6
+        } else {
+            BACKEND4
+        };
         let answer = from_backend(tcp_frame(backend, 81, own, 40000, SYN_ACK, 64));
         let (v, out) = b.run(BACKEND_IF, answer);
         assert_eq!(v, Verdict::Drop, "{own}: not sent by the dataplane");

@@ -195,7 +195,9 @@ fn check_health_sources(ctx: &Ctx, draft: &Draft, view: &SystemView) {
     let mut reported = std::collections::HashSet::new();
     for s in &draft.services {
         for b in &s.backends {
-            let Some(at) = &b.health.source.at else { continue };
+            let Some(at) = &b.health.source.at else {
+                continue;
+            };
             let Some(source) = at.value else { continue };
             let line = at.span.as_ref().map_or(0, |sp| sp.start);
             if !reported.insert(line) {

@@ -137,6 +137,10 @@ pub struct IngressFilter {
     pub vips: Vec<IpAddr>,
     /// Packets from these endpoints are dropped.
     pub backends: Vec<BackendEndpoint>,
+    /// The node's own addresses: packets to them are accepted before the
+    /// backend rules (a backend answering a health check talks to the
+    /// node, not to a client). A VIP listed here is ignored.
+    pub local: Vec<IpAddr>,
 }
 
 impl IngressFilter {
@@ -210,6 +214,8 @@ enum Expr {
     Counter,
     /// Verdict: drop.
     Drop,
+    /// Verdict: accept (the kernel gets the packet).
+    Accept,
 }
 
 /// The expressions of the rule that drops packets to `vip`:
@@ -273,13 +279,38 @@ fn network_match(ethertype: u16, offset: u32, addr: Vec<u8>) -> Vec<Expr> {
 }
 
 /// Every rule of one chain, VIPs first; duplicates collapse.
+/// `meta protocol ip ip daddr <addr> accept` (or the IPv6 form).
+fn local_rule(addr: IpAddr) -> Vec<Expr> {
+    let (ethertype, offset, bytes) = match addr {
+        IpAddr::V4(a) => (ETH_P_IP, 16, a.octets().to_vec()),
+        IpAddr::V6(a) => (ETH_P_IPV6, 24, a.octets().to_vec()),
+    };
+    let mut exprs = network_match(ethertype, offset, bytes);
+    exprs.push(Expr::Accept);
+    exprs
+}
+
 fn chain_rules(filter: &IngressFilter) -> Vec<Vec<Expr>> {
     let vips: BTreeSet<IpAddr> = filter.vips.iter().copied().collect();
     let backends: BTreeSet<BackendEndpoint> = filter.backends.iter().copied().collect();
-    vips.into_iter()
+    let local: BTreeSet<IpAddr> = filter
+        .local
+        .iter()
+        .copied()
+        .filter(|a| !vips.contains(a))
+        .collect();
+    let accept_local = local.into_iter().map(local_rule);
+    let drops = vips
+        .into_iter()
         .map(vip_rule)
-        .chain(backends.iter().map(backend_rule))
-        .collect()
+        .chain(backends.iter().map(backend_rule));
+    // Local accepts matter only where a backend rule could match too.
+    let accept_local: Vec<Vec<Expr>> = if backends.is_empty() {
+        Vec::new()
+    } else {
+        accept_local.collect()
+    };
+    accept_local.into_iter().chain(drops).collect()
 }
 
 fn put_expr(batch: &mut Batch, expr: &Expr) {
@@ -289,7 +320,7 @@ fn put_expr(batch: &mut Batch, expr: &Expr) {
         Expr::Payload { .. } => "payload",
         Expr::CmpEq { .. } => "cmp",
         Expr::Counter => "counter",
-        Expr::Drop => "immediate",
+        Expr::Drop | Expr::Accept => "immediate",
     };
     batch.put_str(NFTA_EXPR_NAME, name);
     if *expr != Expr::Counter {
@@ -319,11 +350,16 @@ fn put_expr_data(batch: &mut Batch, expr: &Expr) {
             batch.put_bytes(NFTA_DATA_VALUE, data);
             batch.nest_end(nest);
         }
-        Expr::Drop => {
+        Expr::Drop | Expr::Accept => {
+            let code = if *expr == Expr::Drop {
+                NF_DROP
+            } else {
+                NF_ACCEPT
+            };
             batch.put_u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
             let data = batch.nest_begin(NFTA_IMMEDIATE_DATA);
             let verdict = batch.nest_begin(NFTA_DATA_VERDICT);
-            batch.put_u32(NFTA_VERDICT_CODE, NF_DROP);
+            batch.put_u32(NFTA_VERDICT_CODE, code);
             batch.nest_end(verdict);
             batch.nest_end(data);
         }
@@ -750,8 +786,9 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_collapse_and_vips_come_first() {
+    fn duplicates_collapse_local_accepts_and_vips_come_first() {
         let vip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100));
+        let own = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 254));
         let backend = BackendEndpoint {
             addr: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
             proto: L4Protocol::Tcp,
@@ -762,9 +799,15 @@ mod tests {
             interfaces: vec![],
             vips: vec![vip, vip],
             backends: vec![backend, backend],
+            local: vec![own, vip],
         };
         let rules = chain_rules(&filter);
-        assert_eq!(rules, [vip_rule(vip), backend_rule(&backend)]);
+        assert_eq!(
+            rules,
+            [local_rule(own), vip_rule(vip), backend_rule(&backend)],
+            "the node's own address is accepted before the backend rule; a VIP is never"
+        );
+        assert_eq!(local_rule(own).last(), Some(&Expr::Accept));
     }
 
     #[test]

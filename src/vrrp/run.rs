@@ -245,6 +245,8 @@ fn primary_address(addrs: &[Addr], ifindex: u32, v6: bool) -> Option<IpAddr> {
 pub enum Request {
     Resign(String),
     Resume(String),
+    /// A tracked object (`service:NAME`) is up or down.
+    Track(String, bool),
 }
 
 /// A request with the channel its answer goes back on.
@@ -273,6 +275,16 @@ impl Shared {
             .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
             .cloned()
             .collect()
+    }
+
+    /// Hands a request to the VRRP thread without waiting for its answer
+    /// (for callers that must not block on it, e.g. while holding a lock
+    /// the VRRP thread may need).
+    pub fn notify(&self, request: Request) {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        if let Ok(requests) = self.requests.lock() {
+            let _ = requests.send((request, tx));
+        }
     }
 
     /// Carries out a request on the VRRP thread and waits for its answer.
@@ -760,6 +772,15 @@ impl Runner {
                     .node
                     .resume(now, name)
                     .map(|()| json!({ "instance": name })),
+                Request::Track(key, up) => {
+                    if self.node.track(key) != Some(*up) {
+                        info!(object = %key, up, "VRRP: tracked object changed");
+                    }
+                    self.node.set_track(now, key, *up);
+                    self.carry_out();
+                    let _ = reply.send(Ok(json!({})));
+                    continue;
+                }
             };
             if result.is_ok() {
                 info!(?request, "VRRP: operator request");

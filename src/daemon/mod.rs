@@ -38,25 +38,25 @@ use vipgate_dataplane::flow::{Addr16, L4Proto};
 use vipgate_dataplane::io::afpacket::{self, AfPacket, AfPacketConfig};
 use vipgate_dataplane::io::memory::MemIo;
 use vipgate_dataplane::pipeline::{Pipeline, PipelineConfig};
-use vipgate_dataplane::sched::{
-    endpoint_key, SchedBackend, SchedOptions, SchedTable, SchedulerKind,
-};
-use vipgate_dataplane::snapshot::{
-    Backend, Interface, NextHopSnapshot, Published, Route, Service, ServiceSnapshot, Vip,
-};
+use vipgate_dataplane::sched::SchedulerKind;
+use vipgate_dataplane::snapshot::{NextHopSnapshot, Published, Route, ServiceSnapshot};
 use vipgate_dataplane::worker::{self, Tables, WorkerEvent, WorkerHandle};
 
+mod health;
+mod services;
+
+pub use health::check_spec;
+use health::HealthChecks;
+pub use services::{build_services, BackendState, Inputs, Services, TableCache};
+
 use crate::bgp::{self, Bgp};
-use crate::config::{
-    self, AnnounceMode, Config, InterfaceRole, IoBackend, Protocol, Scheduler, VipMode,
-};
+use crate::config::{self, Config, InterfaceRole, IoBackend, Protocol, Scheduler, VipMode};
 use crate::control::{ControlServer, Handler};
 use crate::netlink::{Family, Link, RouteSocket, RtNetlink};
 use crate::privileges;
 use crate::sys::{self, IngressFilter, NftIngressGuard, Offload, OffloadGuard, SystemChanges};
 use crate::vrrp::{
     self,
-    instance::VipState,
     run::{Request, VrrpRuntime},
 };
 
@@ -101,14 +101,10 @@ fn run_with(
     changes: &mut SystemChanges,
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
-    // VRRP VIPs start inactive: an instance starts as backup.
-    let vip_states: HashMap<IpAddr, VipState> = config
-        .vrrp
-        .instances
-        .iter()
-        .flat_map(|i| i.vips.iter().map(|v| (*v, VipState::Inactive)))
-        .collect();
-    let snapshot = build_services(config, links, 1, &vip_states)?;
+    // VRRP VIPs start inactive (an instance starts as backup), backends
+    // healthy until a check says otherwise.
+    let service_state = Arc::new(Services::new(config, links, Instant::now())?);
+    let vip_states = Inputs::start(config).vip_states;
     let all_links = nl.links().context("listing links")?;
     let addrs = nl.addrs().context("listing addresses")?;
     let vrrp_plan = vrrp::run::plan(config, &all_links, &addrs)?;
@@ -116,7 +112,7 @@ fn run_with(
     vips.extend(vip_states.keys().copied());
     vips.sort();
     vips.dedup();
-    let services = Arc::new(Published::new(snapshot));
+    let services = service_state.published();
     let nexthops = Arc::new(Published::new(read_nexthops(&mut nl, links, 1)?));
     let tables = Tables {
         services: services.clone(),
@@ -142,6 +138,8 @@ fn run_with(
         started: Instant::now(),
         vrrp: OnceLock::new(),
         bgp: OnceLock::new(),
+        health: OnceLock::new(),
+        service_state: service_state.clone(),
         services: services.clone(),
         workers: pipelines
             .iter()
@@ -154,9 +152,11 @@ fn run_with(
     let bgp = start_bgp(config, &mut nl)?;
     if let Some(b) = &bgp {
         let _ = state.bgp.set(b.clone());
+        service_state.attach_bgp(b.clone())?;
     }
     if !memory_io {
-        prepare_system(config, links, &vips, changes)?;
+        let local: Vec<IpAddr> = addrs.iter().map(|a| a.addr).collect();
+        prepare_system(config, links, &vips, &local, changes)?;
     }
     let (events_tx, events) = mpsc::sync_channel(1024);
     let mut handles = Vec::with_capacity(workers);
@@ -188,22 +188,23 @@ fn run_with(
         "dataplane running"
     );
     resolve_backends(&mut nl, &services.load());
-    if let Some(b) = bgp
-        .as_deref()
-        .filter(|_| config.bgp.mode == AnnounceMode::Ecmp)
-    {
-        b.set_policy(bgp::Policy::new(config, &bgp::route_attrs(&config.bgp)?).wanted_ecmp(config));
-    }
+    service_state.attach_workers(state.workers.iter().map(|(c, _)| c.clone()).collect());
+    service_state.start_announcing();
     let vrrp = if vrrp_plan.instances.is_empty() {
         None
     } else {
-        let counters = state.workers.iter().map(|(c, _)| c.clone()).collect();
-        let publish = publisher(config, links, services.clone(), counters, bgp.clone());
+        let publish = publisher(service_state.clone());
         let runtime = vrrp::run::spawn(vrrp_plan, publish)?;
         let _ = state.vrrp.set(runtime.shared());
+        service_state.attach_vrrp(runtime.shared());
         info!(instances = config.vrrp.instances.len(), "VRRP running");
         Some(runtime)
     };
+    // Checks start last: their verdicts change a running dataplane.
+    let checks = HealthChecks::start(config)?.map(Arc::new);
+    if let Some(c) = &checks {
+        let _ = state.health.set(c.clone());
+    }
     let result = control_loop(
         &mut nl,
         links,
@@ -213,9 +214,13 @@ fn run_with(
         Protocols {
             vrrp: vrrp.as_ref(),
             bgp: bgp.as_deref(),
+            health: checks.as_deref().map(|c| (c, &*service_state)),
         },
         stop,
     );
+    // From here on no verdict reaches the snapshot (the control loop
+    // applied them); the checker stops when the last handle goes.
+    drop(checks);
     // Routes first: withdraw everything (bounded) while the dataplane
     // forwards, give the routers WITHDRAW_SETTLE to move their traffic,
     // then VRRP's planned switchover (masters resign and the workers keep
@@ -257,9 +262,6 @@ fn start_bgp(config: &Config, nl: &mut RtNetlink) -> Result<Option<Arc<Bgp>>> {
     )?)))
 }
 
-/// Longest a VIP move waits for every worker to use the new snapshot.
-const SNAPSHOT_ACK_WAIT: Duration = Duration::from_millis(60);
-
 /// A socket that hears link and route changes (`RTNLGRP_LINK`,
 /// `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`).
 fn route_events() -> std::io::Result<RouteSocket> {
@@ -270,58 +272,19 @@ fn route_events() -> std::io::Result<RouteSocket> {
     Ok(sock)
 }
 
-/// Rebuilds and publishes the service snapshot whenever VRRP moves a VIP,
-/// and returns once every worker handles packets with it (or after
-/// [`SNAPSHOT_ACK_WAIT`]): the VRRP thread sends gratuitous ARPs only then,
-/// so clients that move find the VIP's services in place.
-fn publisher(
-    config: &Config,
-    links: &[Link],
-    services: Arc<Published<ServiceSnapshot>>,
-    workers: Vec<Arc<vipgate_dataplane::counters::WorkerCounters>>,
-    bgp: Option<Arc<Bgp>>,
-) -> vrrp::run::Publish {
-    // `vrrp` mode: announce what this node masters, once the snapshot is
-    // in place; withdraw what it no longer masters.
-    let policy = bgp
-        .filter(|_| config.bgp.mode == AnnounceMode::Vrrp)
-        .and_then(|b| {
-            let attrs = bgp::route_attrs(&config.bgp).ok()?;
-            Some((b, bgp::Policy::new(config, &attrs)))
-        });
-    let config = config.clone();
-    let links = links.to_vec();
-    let mut generation = 1;
-    Box::new(move |states| {
-        generation += 1;
-        match build_services(&config, &links, generation, states) {
-            Ok(snapshot) => services.store(snapshot),
-            Err(e) => {
-                warn!(error = %e, "could not rebuild the service snapshot");
-                return;
-            }
-        }
-        let deadline = Instant::now() + SNAPSHOT_ACK_WAIT;
-        while workers
-            .iter()
-            .any(|w| w.get(Counter::ServiceGeneration) < generation)
-        {
-            if Instant::now() >= deadline {
-                debug!(generation, "not every worker took the new snapshot in time");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if let Some((bgp, policy)) = &policy {
-            bgp.set_policy(policy.wanted_vrrp(states));
-        }
-    })
+/// VRRP moved VIPs: [`Services`] republishes, and returns once every
+/// worker handles packets with the new snapshot (or after a bound): the
+/// VRRP thread sends gratuitous ARPs only then, so clients that move find
+/// the VIP's services in place. In `vrrp` mode the routes follow.
+fn publisher(services: Arc<Services>) -> vrrp::run::Publish {
+    Box::new(move |states| services.set_vip_states(states))
 }
 
 /// The control-plane protocols the control loop watches and ticks.
 struct Protocols<'a> {
     vrrp: Option<&'a VrrpRuntime>,
     bgp: Option<&'a Bgp>,
+    health: Option<(&'a HealthChecks, &'a Services)>,
 }
 
 /// Resolves neighbour misses, mirrors the kernel's routes and neighbours,
@@ -335,7 +298,7 @@ fn control_loop(
     protocols: Protocols<'_>,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let Protocols { vrrp, bgp } = protocols;
+    let Protocols { vrrp, bgp, health } = protocols;
     let mut generation = 1;
     let mut last_mirror = Instant::now();
     let mut asked: HashMap<(u32, Addr16), Instant> = HashMap::new();
@@ -385,6 +348,13 @@ fn control_loop(
         }
         if let Some(b) = bgp {
             b.tick(Instant::now());
+        }
+        if let Some((checks, services)) = health {
+            if checks.is_finished() {
+                bail!("the health-check thread stopped unexpectedly");
+            }
+            checks.poll(services);
+            services.tick(Instant::now());
         }
         if !asked.is_empty() && last_mirror.elapsed() > Duration::from_millis(50) {
             refresh = true;
@@ -506,6 +476,9 @@ struct StatusState {
     vrrp: OnceLock<Arc<vrrp::run::Shared>>,
     /// Set once the BGP speaker runs.
     bgp: OnceLock<Arc<Bgp>>,
+    /// Set once health checks run (when a backend has a check).
+    health: OnceLock<Arc<HealthChecks>>,
+    service_state: Arc<Services>,
     services: Arc<Published<ServiceSnapshot>>,
     workers: Vec<(
         Arc<vipgate_dataplane::counters::WorkerCounters>,
@@ -586,46 +559,89 @@ impl Handler for StatusState {
             }
             "route.announce" | "route.withdraw" | "route.list" | "bgp.peers" | "drain"
             | "undrain" => bgp_command(self.bgp()?, cmd, request),
+            "backend.drain" | "backend.undrain" => {
+                self.backend_drain(cmd == "backend.drain", request)
+            }
+            "backend.events" => {
+                let after = request["after"].as_u64().unwrap_or(0);
+                let events = self.health.get().map(|h| h.events_after(after));
+                Ok(json!({ "events": events.unwrap_or_default() }))
+            }
             other => bail!(
                 "unknown command {other:?}; known: status, vrrp.resign, vrrp.resume, vrrp.events, \
-                 route.announce, route.withdraw, route.list, bgp.peers, drain, undrain"
+                 route.announce, route.withdraw, route.list, bgp.peers, drain, undrain, \
+                 backend.drain, backend.undrain, backend.events"
             ),
         }
     }
 }
 
 impl StatusState {
+    /// `vipgate backend drain|undrain SERVICE BACKEND`.
+    fn backend_drain(&self, drain: bool, request: &Value) -> Result<Value> {
+        let field = |k: &str| {
+            request[k]
+                .as_str()
+                .ok_or_else(|| anyhow!("missing \"{k}\""))
+        };
+        let (service, backend) = (field("service")?, field("backend")?);
+        let (i, j) = self.service_state.find_backend(service, backend)?;
+        let changed = self.service_state.set_drained(i, j, drain, Instant::now());
+        let endpoint = self.service_state.config().services[i].backends[j].endpoint();
+        let what = if drain { "drained" } else { "undrained" };
+        if changed {
+            info!(service, backend = %endpoint, "backend {what} by the operator");
+            if let Some(h) = self.health.get() {
+                h.event(json!({ "service": service, "backend": endpoint.to_string(), "operator": what }));
+            }
+        }
+        Ok(
+            json!({ "service": service, "backend": endpoint.to_string(), "changed": changed, "state": what }),
+        )
+    }
+
     fn status(&self) -> Value {
         let snapshot = self.services.load();
-        let services: Vec<Value> = snapshot
-            .services
-            .iter()
-            .map(|s| {
-                let backends: Vec<Value> = s
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let per_worker: Vec<u32> =
-                            self.workers.iter().map(|(_, g)| g.get(b.id)).collect();
-                        json!({
-                            "address": b.addr.to_ip().to_string(),
-                            "port": b.port,
-                            "weight": b.weight,
-                            "connections": per_worker.iter().map(|n| u64::from(*n)).sum::<u64>(),
-                            "connections_per_worker": per_worker,
-                        })
+        let now = Instant::now();
+        let checks: HashMap<(usize, usize), Value> = self
+            .health
+            .get()
+            .map(|h| h.status_of(now).into_iter().collect())
+            .unwrap_or_default();
+        let config = self.service_state.config();
+        let mut rows = self.service_state.status();
+        for (i, (row, s)) in rows.iter_mut().zip(&config.services).enumerate() {
+            let proto = match s.protocol {
+                Protocol::Tcp => L4Proto::Tcp,
+                Protocol::Udp => L4Proto::Udp,
+            };
+            let live = snapshot.service_for(Addr16::from_ip(s.vip), s.port.get(), proto);
+            row["name"] = json!(s.name);
+            row["vip"] = json!(s.vip.to_string());
+            row["port"] = json!(s.port.get());
+            row["protocol"] = json!(s.protocol.name());
+            row["scheduler"] = json!(s.scheduler.name());
+            row["active"] = json!(live.is_some());
+            let Some(backends) = row["backends"].as_array_mut() else {
+                continue;
+            };
+            for (j, b) in backends.iter_mut().enumerate() {
+                let endpoint = config.services[i].backends[j].endpoint();
+                let id = live.and_then(|l| {
+                    l.backends.iter().find(|x| {
+                        x.addr == Addr16::from_ip(endpoint.ip()) && x.port == endpoint.port()
                     })
-                    .collect();
-                json!({
-                    "name": s.name,
-                    "vip": s.vip.to_ip().to_string(),
-                    "port": s.port,
-                    "protocol": s.proto.as_str(),
-                    "scheduler": s.scheduler.as_str(),
-                    "backends": backends,
-                })
-            })
-            .collect();
+                });
+                let per_worker: Vec<u32> = match id {
+                    Some(x) => self.workers.iter().map(|(_, g)| g.get(x.id)).collect(),
+                    None => vec![0; self.workers.len()],
+                };
+                b["connections"] = json!(per_worker.iter().map(|n| u64::from(*n)).sum::<u64>());
+                b["connections_per_worker"] = json!(per_worker);
+                b["health"] = checks.get(&(i, j)).cloned().unwrap_or(Value::Null);
+            }
+        }
+        let services = rows;
         let workers: Vec<Value> = self
             .workers
             .iter()
@@ -686,7 +702,7 @@ fn resolve_links(nl: &mut RtNetlink, config: &Config) -> Result<Vec<Link>> {
     Ok(out)
 }
 
-fn role_of<'a>(config: &'a Config, link: &Link) -> Option<&'a InterfaceRole> {
+pub(crate) fn role_of<'a>(config: &'a Config, link: &Link) -> Option<&'a InterfaceRole> {
     config
         .interfaces
         .iter()
@@ -694,135 +710,7 @@ fn role_of<'a>(config: &'a Config, link: &Link) -> Option<&'a InterfaceRole> {
         .map(|i| &i.role)
 }
 
-/// Builds the service snapshot: ids, scheduler tables, VIPs answered on
-/// the client-facing links.
-/// Builds the service snapshot. `vip_states` holds the state of every VIP
-/// a VRRP instance owns (absent: always active): an inactive VIP's services
-/// are left out (their backends stay known, so replies of connections that
-/// are still open are translated), a draining VIP keeps its services but is
-/// no longer answered for.
-pub fn build_services(
-    config: &Config,
-    links: &[Link],
-    generation: u64,
-    vip_states: &HashMap<IpAddr, VipState>,
-) -> Result<ServiceSnapshot> {
-    let mut endpoint_ids: HashMap<(Addr16, u16, L4Proto), u32> = HashMap::new();
-    let mut services = Vec::new();
-    let mut retired = Vec::new();
-    let state_of = |vip: &IpAddr| vip_states.get(vip).copied().unwrap_or(VipState::Active);
-    for (i, s) in config.services.iter().enumerate() {
-        let proto = match s.protocol {
-            Protocol::Tcp => L4Proto::Tcp,
-            Protocol::Udp => L4Proto::Udp,
-        };
-        let kind = scheduler_kind(s.scheduler);
-        let mut backends = Vec::new();
-        let mut sched = Vec::new();
-        for b in &s.backends {
-            let addr = Addr16::from_ip(b.address);
-            let port = b.port.get();
-            let next = endpoint_ids.len() as u32;
-            let id = *endpoint_ids.entry((addr, port, proto)).or_insert(next);
-            backends.push(Backend {
-                id,
-                addr,
-                port,
-                weight: u32::from(b.weight),
-            });
-            sched.push(SchedBackend::new(
-                endpoint_key(addr, port),
-                u32::from(b.weight),
-            ));
-        }
-        let options = SchedOptions {
-            maglev_size: s.maglev_table_size,
-        };
-        let table = SchedTable::build(kind, &sched, &options)
-            .map_err(|e| anyhow!("service {:?}: {e}", s.name))?;
-        if state_of(&s.vip) == VipState::Inactive {
-            retired.extend(backends.into_iter().map(|b| (b, proto)));
-            continue;
-        }
-        services.push(Service {
-            id: i as u32 + 1,
-            name: s.name.clone(),
-            vip: Addr16::from_ip(s.vip),
-            port: s.port.get(),
-            proto,
-            scheduler: kind,
-            backends,
-            sched: table,
-        });
-    }
-    let client_links: Vec<u32> = links
-        .iter()
-        .filter(|l| {
-            matches!(
-                role_of(config, l),
-                Some(InterfaceRole::Client) | Some(InterfaceRole::Both)
-            )
-        })
-        .map(|l| l.index)
-        .collect();
-    // A VRRP VIP is answered on its instance's link (when the dataplane
-    // opens it), not on every client link; kernel-mode VIPs are the
-    // kernel's to answer.
-    let mut vrrp_links: HashMap<IpAddr, (Vec<u32>, Option<[u8; 6]>)> = HashMap::new();
-    for inst in &config.vrrp.instances {
-        let on = match inst.vip_mode {
-            VipMode::Kernel => Vec::new(),
-            VipMode::Dataplane => links
-                .iter()
-                .filter(|l| l.name == inst.interface)
-                .map(|l| l.index)
-                .collect(),
-        };
-        let mac = vrrp::announce::claimed_mac(inst);
-        for v in &inst.vips {
-            vrrp_links.insert(*v, (on.clone(), mac));
-        }
-    }
-    let mut vips: Vec<Vip> = Vec::new();
-    let vrrp_vips = config
-        .vrrp
-        .instances
-        .iter()
-        .flat_map(|i| i.vips.iter().copied());
-    for addr in config.services.iter().map(|s| s.vip).chain(vrrp_vips) {
-        if vips.iter().any(|v| v.addr == addr) {
-            continue;
-        }
-        let (links_of, mac) = vrrp_links
-            .get(&addr)
-            .cloned()
-            .unwrap_or_else(|| (client_links.clone(), None));
-        let ifindexes = match state_of(&addr) {
-            VipState::Inactive => continue,
-            VipState::Draining => Vec::new(),
-            VipState::Active => links_of,
-        };
-        vips.push(Vip {
-            addr,
-            ifindexes,
-            mac,
-        });
-    }
-    let interfaces = links
-        .iter()
-        .map(|l| Interface {
-            ifindex: l.index,
-            name: l.name.clone(),
-            mac: l.mac,
-            mtu: l.mtu,
-        })
-        .collect();
-    Ok(ServiceSnapshot::new(
-        generation, services, vips, interfaces, retired,
-    ))
-}
-
-fn scheduler_kind(s: Scheduler) -> SchedulerKind {
+pub(crate) fn scheduler_kind(s: Scheduler) -> SchedulerKind {
     match s {
         Scheduler::RoundRobin => SchedulerKind::Rr,
         Scheduler::WeightedRoundRobin => SchedulerKind::Wrr,
@@ -853,7 +741,8 @@ fn read_nexthops(nl: &mut RtNetlink, links: &[Link], generation: u64) -> Result<
         .filter_map(|n| n.mac.map(|m| (n.ifindex, n.addr, m)))
         .collect();
     let macs = links.iter().map(|l| (l.index, l.mac));
-    Ok(NextHopSnapshot::new(generation, routes, neighbours, macs))
+    let local = nl.addrs()?.into_iter().map(|a| a.addr);
+    Ok(NextHopSnapshot::new(generation, routes, neighbours, macs).with_local_addresses(local))
 }
 
 /// Sysctls, offloads and the nft ingress guard, each pushed on `changes`.
@@ -861,6 +750,7 @@ fn prepare_system(
     config: &Config,
     links: &[Link],
     vips: &[IpAddr],
+    local: &[IpAddr],
     changes: &mut SystemChanges,
 ) -> Result<()> {
     for l in links {
@@ -877,14 +767,15 @@ fn prepare_system(
     }
     let mut backends = Vec::new();
     for s in &config.services {
-        for b in &s.backends {
+        let endpoints = s.backends.iter().map(|b| b.endpoint());
+        for at in endpoints.chain(s.health.sorry_server) {
             backends.push(sys::BackendEndpoint {
-                addr: b.address,
+                addr: at.ip(),
                 proto: match s.protocol {
                     Protocol::Tcp => sys::L4Protocol::Tcp,
                     Protocol::Udp => sys::L4Protocol::Udp,
                 },
-                port: b.port.get(),
+                port: at.port(),
             });
         }
     }
@@ -893,6 +784,7 @@ fn prepare_system(
         interfaces: links.iter().map(|l| l.name.clone()).collect(),
         vips: vips.to_vec(),
         backends,
+        local: local.to_vec(),
     };
     let guard =
         NftIngressGuard::install(&filter).context("installing the nftables ingress guard")?;
@@ -1002,7 +894,9 @@ mod tests {
     fn lab_config_becomes_a_snapshot_with_endpoint_ids_and_client_vips() {
         let config = config::validate_str(crate::lab::LAB_CONFIG, "lab.toml", None).expect("valid");
         let links = [link(7, "vg-cli"), link(9, "vg-srv")];
-        let s = build_services(&config, &links, 1, &HashMap::new()).expect("builds");
+        let inputs = Inputs::start(&config);
+        let s = build_services(&config, &links, 1, &inputs, &mut TableCache::default())
+            .expect("builds");
         assert_eq!(s.services.len(), 3);
         // One id per (address, port, protocol): web and echo-udp share
         // 198.18.20.2:80 but not the protocol.
