@@ -17,46 +17,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vipgate::privileges::is_root;
+
+mod common;
+use common::{end, run, skip_reason_bird as skip_reason, wait_for};
 
 const VIP: &str = "198.18.10.10/32";
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Poll `check` every 50 ms until Some, or panic after `within`.
-fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn skip_reason() -> Option<&'static str> {
-    if !is_root() {
-        return Some("needs root for network namespaces");
-    }
-    let ok = |p: &str| Command::new(p).arg("--version").output().is_ok();
-    if !(ok("bird") && ok("birdc")) {
-        return Some("BIRD 2 (bird, birdc) not installed (apt-get install bird2)");
-    }
-    None
-}
 
 /// Two namespaces, BIRD in R, files in `dir`; all removed on drop.
 struct Lab {
@@ -77,25 +42,6 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// SIGTERM, then SIGKILL after 3 s.
-fn end(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 const BIRD_CONF: &str = r#"router id 198.18.1.1;

@@ -1,0 +1,68 @@
+//! Helpers shared by the daemon integration tests (`tests/*_daemon.rs`):
+//! running commands, waiting with a bound, ending processes by PID, and
+//! the skip rule for tests that need root and BIRD.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use vipgate::privileges::is_root;
+
+/// Runs `program args`; its stdout, or a panic with its stderr.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` every 50 ms until Some, or panics after `within`.
+pub fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Why a test that needs root and BIRD 2 cannot run here.
+pub fn skip_reason_bird() -> Option<&'static str> {
+    if !is_root() {
+        return Some("needs root for network namespaces");
+    }
+    let ok = |p: &str| Command::new(p).arg("--version").output().is_ok();
+    if !(ok("bird") && ok("birdc")) {
+        return Some("BIRD 2 (bird, birdc) not installed (apt-get install bird2)");
+    }
+    None
+}
+
+/// SIGTERM, then SIGKILL after 3 s.
+pub fn end(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
