@@ -28,7 +28,7 @@
 //! service's backend weights change, so a VIP move or a change in another
 //! service does not rebuild Maglev tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -48,6 +48,8 @@ use crate::config::{AnnounceMode, Config, InterfaceRole, Protocol, ServiceConfig
 use crate::health::{ServiceHealth, ServicePolicy};
 use crate::netlink::Link;
 use crate::vrrp::{self, instance::VipState};
+use vipgate_routing::rib::RouteAttrs;
+use vipgate_routing::wire::Prefix;
 
 /// Longest a snapshot change waits for every worker to use it.
 const SNAPSHOT_ACK_WAIT: Duration = Duration::from_millis(60);
@@ -325,6 +327,15 @@ struct State {
     cache: TableCache,
     /// BGP routes follow the inputs only once the dataplane runs.
     announcing: bool,
+    /// The policy routes last handed to the speaker.
+    sent: BTreeMap<Prefix, RouteAttrs>,
+}
+
+/// What [`Services::announce`] may send.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    All,
+    WithdrawOnly,
 }
 
 /// The owner of the service inputs; see the module docs.
@@ -378,6 +389,7 @@ impl Services {
                 health,
                 cache,
                 announcing: false,
+                sent: BTreeMap::new(),
             }),
         })
     }
@@ -415,7 +427,7 @@ impl Services {
     pub fn start_announcing(&self) {
         let mut st = lock(&self.state);
         st.announcing = true;
-        self.announce(&st);
+        self.announce(&mut st, Phase::All);
     }
 
     /// VRRP moved VIPs: republish, and return once the workers use the new
@@ -509,6 +521,9 @@ impl Services {
             &st.inputs,
             &mut st.cache,
         );
+        // Withdrawals go out at once; announcements only once the workers
+        // use the snapshot that serves them.
+        self.announce(st, Phase::WithdrawOnly);
         match built {
             Ok(snapshot) => {
                 st.generation = generation;
@@ -517,7 +532,7 @@ impl Services {
             }
             Err(e) => warn!(error = %e, "could not rebuild the service snapshot"),
         }
-        self.announce(st);
+        self.announce(st, Phase::All);
     }
 
     fn wait_for_workers(&self, generation: u64) {
@@ -537,8 +552,10 @@ impl Services {
         }
     }
 
-    /// Hands the routes the policy wants to the speaker.
-    fn announce(&self, st: &State) {
+    /// Hands the routes the policy wants to the speaker; in
+    /// [`Phase::WithdrawOnly`] only the withdrawals (routes the policy no
+    /// longer wants), keeping the rest as last sent.
+    fn announce(&self, st: &mut State, phase: Phase) {
         let Some((bgp, policy)) = self.bgp.get() else {
             return;
         };
@@ -557,6 +574,22 @@ impl Services {
             AnnounceMode::Vrrp => policy
                 .wanted(|v| st.inputs.vip_states.get(&v) == Some(&VipState::Active) && serving(v)),
         };
+        let routes = match phase {
+            Phase::All => routes,
+            Phase::WithdrawOnly => {
+                let kept: BTreeMap<_, _> = st
+                    .sent
+                    .iter()
+                    .filter(|(p, _)| routes.contains_key(*p))
+                    .map(|(p, a)| (*p, a.clone()))
+                    .collect();
+                if kept.len() == st.sent.len() {
+                    return;
+                }
+                kept
+            }
+        };
+        st.sent = routes.clone();
         bgp.set_policy(routes);
     }
 
