@@ -129,6 +129,8 @@ fn peer_config(p: &config::BgpPeerConfig) -> PeerConfig {
     out.local_address = p.local_address;
     // Validated: 0 or 3..=65535 whole seconds.
     out.hold_time = u16::try_from(p.hold_time.as_secs()).unwrap_or(u16::MAX);
+    out.connect_retry = p.connect_retry;
+    out.idle_hold = p.reconnect_delay;
     out.passive = p.passive;
     out.md5_password = p.md5_password.clone();
     out.ttl_security = p.ttl_security;

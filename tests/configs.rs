@@ -447,11 +447,11 @@ const BGP_CASES: &[Case] = &[
         source: bgp!("local_as = 64512\nneighbor = \"198.18.0.254\"\nhold_tme = \"90s\"\n[bgp.drain]\ndealy = \"1s\"\n[[bgp.peer]]\naddress = \"198.18.0.254\"\nremote_as = 64500\npeer_as = 64500\nlocal_as = 1\nremote-as = 1\n[[bgp.announce]]\nprefix = \"198.18.10.10/32\"\ncomunities = []\n"),
         expected: &[
             "b.toml:19:1: bgp.neighbor: vipgate calls BGP neighbours peers; write each neighbour as a [[bgp.peer]] with address and remote_as",
-            "b.toml:20:1: bgp.hold_tme: unknown key \"hold_tme\" in [bgp]; expected one of local_as, router_id, listen, mode, hold_time, ttl_security, communities, large_communities, med, prepend, drain, peer, announce (did you mean \"hold_time\"?)",
+            "b.toml:20:1: bgp.hold_tme: unknown key \"hold_tme\" in [bgp]; expected one of local_as, router_id, listen, mode, hold_time, connect_retry, reconnect_delay, ttl_security, communities, large_communities, med, prepend, drain, peer, announce (did you mean \"hold_time\"?)",
             "b.toml:22:1: bgp.drain.dealy: unknown key \"dealy\" in [bgp.drain]; expected one of delay, prepend, med (did you mean \"delay\"?)",
             "b.toml:26:1: bgp.peer[0].peer_as: the peer's AS is called remote_as; write remote_as = 64500",
             "b.toml:27:1: bgp.peer[0].local_as: local_as is set once for the speaker, in [bgp]; move local_as to [bgp] (one AS per node)",
-            "b.toml:28:1: bgp.peer[0].remote-as: unknown key \"remote-as\" in [[bgp.peer]]; expected one of name, address, port, remote_as, local_address, passive, hold_time, md5_password, ttl_security, families, med, local_pref, communities, large_communities, prepend, next_hop_v6 (did you mean \"remote_as\"?)",
+            "b.toml:28:1: bgp.peer[0].remote-as: unknown key \"remote-as\" in [[bgp.peer]]; expected one of name, address, port, remote_as, local_address, passive, hold_time, connect_retry, reconnect_delay, md5_password, ttl_security, families, med, local_pref, communities, large_communities, prepend, next_hop_v6 (did you mean \"remote_as\"?)",
             "b.toml:31:1: bgp.announce[0].comunities: unknown key \"comunities\" in [[bgp.announce]]; expected one of prefix, communities, large_communities, med (did you mean \"communities\"?)",
         ],
     },
@@ -490,7 +490,7 @@ const BGP_CASES: &[Case] = &[
             "b.toml:30:29: bgp.peer[2].families[1]: unknown address family \"ipv6-multicast\"; expected ipv4-unicast or ipv6-unicast (did you mean \"ipv6-unicast\"?)",
             "b.toml:31:15: bgp.peer[2].next_hop_v6: next_hop_v6 198.18.0.1 is an IPv4 address; use a global IPv6 address of this node on the link towards the peer, e.g. next_hop_v6 = \"2001:db8::2\"",
             "b.toml:35:12: bgp.peer[3].families: families is empty: the session would carry no routes; list what the session carries, e.g. families = [\"ipv4-unicast\", \"ipv6-unicast\"], or remove families for the peer address's family",
-            "b.toml:36:1: bgp.peer[3].router_id: unknown key \"router_id\" in [[bgp.peer]]; expected one of name, address, port, remote_as, local_address, passive, hold_time, md5_password, ttl_security, families, med, local_pref, communities, large_communities, prepend, next_hop_v6",
+            "b.toml:36:1: bgp.peer[3].router_id: unknown key \"router_id\" in [[bgp.peer]]; expected one of name, address, port, remote_as, local_address, passive, hold_time, connect_retry, reconnect_delay, md5_password, ttl_security, families, med, local_pref, communities, large_communities, prepend, next_hop_v6",
             "b.toml:38:10: bgp.announce[0].prefix: prefix \"198.18.10.5/24\" has bits set after the prefix length; write the network: prefix = \"198.18.10.0/24\", or the VIP as a host route",
             "b.toml:40:10: bgp.announce[1].prefix: prefix 0.0.0.0/0 is a default route; announce the VIPs (/32, /128) or an aggregate that covers them, never a default route: the routers would send everything here",
             "b.toml:42:10: bgp.announce[2].prefix: prefix \"198.18.10.10/33\" is longer than 32 bits; use a length of at most 32, e.g. /32 for one VIP",
@@ -1005,6 +1005,7 @@ router_id = "198.18.0.1"
 listen = "[::]:1179"
 mode = "ecmp"
 hold_time = "30s"
+connect_retry = "3s"
 ttl_security = true
 communities = ["64512:100", "0:0"]
 large_communities = ["4200000000:1:2"]
@@ -1028,6 +1029,7 @@ next_hop_v6 = "2001:db8::1"
 communities = []
 prepend = 3
 hold_time = "0s"
+reconnect_delay = "500ms"
 
 [[bgp.peer]]
 address = "2001:db8::fe"
@@ -1075,6 +1077,8 @@ fn a_full_bgp_section_parses_into_the_model() {
         remote_as: 64_500,
         local_address: Some(ip("198.18.0.1")),
         hold_time: Duration::ZERO,
+        connect_retry: secs(3),
+        reconnect_delay: Duration::from_millis(500),
         passive: false,
         md5_password: Some("s3cret with spaces".into()),
         ttl_security: true,
@@ -1093,6 +1097,8 @@ fn a_full_bgp_section_parses_into_the_model() {
         remote_as: 4_200_000_000,
         local_address: None,
         hold_time: secs(30),
+        connect_retry: secs(3),
+        reconnect_delay: secs(5),
         passive: true,
         md5_password: None,
         ttl_security: false,
@@ -1194,6 +1200,8 @@ fn a_bgp_peer_gets_the_documented_defaults() {
             remote_as: 64_500,
             local_address: None,
             hold_time: Duration::from_secs(90),
+            connect_retry: Duration::from_secs(10),
+            reconnect_delay: Duration::from_secs(5),
             passive: false,
             md5_password: None,
             ttl_security: false,

@@ -120,6 +120,8 @@
 //! listen = "0.0.0.0:179"                         # optional; passive peers need it ("[::]:179": both families)
 //! mode = "ecmp"                                  # ecmp | vrrp (announce while VRRP master of the VIP)
 //! hold_time = "90s"                              # peer defaults from here: "0s" or 3s..=65535s
+//! connect_retry = "10s"                          # ConnectRetry and connect timeout, 1s..
+//! reconnect_delay = "5s"                         # first wait after a failure (doubles to 120s)
 //! ttl_security = false                           # GTSM (RFC 5082), directly connected peers
 //! communities = []                               # ["65000:100"]
 //! large_communities = []                         # ["65000:1:2"]

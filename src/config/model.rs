@@ -687,6 +687,11 @@ pub struct BgpPeerConfig {
     /// Proposed hold time: 0 (no keepalives) or 3..=65535 whole seconds;
     /// default 90 s.
     pub hold_time: Duration,
+    /// ConnectRetry time (RFC 4271), also the connect timeout; default 10 s.
+    pub connect_retry: Duration,
+    /// First reconnect wait after a session fails (doubles on each failure
+    /// up to 120 s); default 5 s.
+    pub reconnect_delay: Duration,
     /// Wait for the peer to connect to [`BgpConfig::listen`], never connect.
     pub passive: bool,
     /// TCP MD5 signature key (RFC 2385), 1..=80 bytes.
@@ -748,6 +753,13 @@ pub struct IpPrefix {
 pub const AS_TRANS: u32 = 23_456;
 /// `[[bgp.peer]] port` when not given.
 pub const DEFAULT_BGP_PORT: u16 = 179;
+/// `connect_retry` when not given (RFC 4271 suggests 120 s; a gateway
+/// wants its routes back sooner).
+pub const DEFAULT_CONNECT_RETRY: Duration = Duration::from_secs(10);
+/// `reconnect_delay` when not given.
+pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// Longest `reconnect_delay` (the backoff's own ceiling).
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(120);
 /// `hold_time` when not given (RFC 4271 suggests 90 s).
 pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
 /// Longest `hold_time` (the OPEN field is 16 bits of seconds).

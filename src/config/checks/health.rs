@@ -36,9 +36,11 @@ fn check_quorum(ctx: &Ctx, s: &ServiceDraft) {
         .map(|b| b.weight.as_ref().map(|w| u64::from(w.value)))
         .sum();
     let field = format!("service[{}]", s.index);
-    if let Some(total) =
-        weights.filter(|t| u64::from(quorum.value) + u64::from(hysteresis.value) > *t)
-    {
+    // With the default quorum, a service whose backends are all at weight
+    // 0 is drained on purpose: not an error, just not usable.
+    let written = quorum.span.is_some() || hysteresis.span.is_some();
+    let needed = u64::from(quorum.value) + u64::from(hysteresis.value);
+    if let Some(total) = weights.filter(|t| written && needed > *t) {
         ctx.report(
             ErrorKind::Conflict,
             quorum.span.clone().or(s.span.clone()),

@@ -27,6 +27,8 @@ const BGP_KEYS: &[&str] = &[
     "listen",
     "mode",
     "hold_time",
+    "connect_retry",
+    "reconnect_delay",
     "ttl_security",
     "communities",
     "large_communities",
@@ -57,6 +59,8 @@ const PEER_KEYS: &[&str] = &[
     "local_address",
     "passive",
     "hold_time",
+    "connect_retry",
+    "reconnect_delay",
     "md5_password",
     "ttl_security",
     "families",
@@ -108,6 +112,8 @@ pub(crate) struct BgpDraft {
 #[derive(Clone)]
 pub(crate) struct PeerSettings {
     pub hold_time: Setting<Duration>,
+    pub connect_retry: Setting<Duration>,
+    pub reconnect_delay: Setting<Duration>,
     pub ttl_security: Setting<bool>,
     pub communities: Setting<Vec<Community>>,
     pub large_communities: Setting<Vec<LargeCommunity>>,
@@ -164,6 +170,8 @@ impl PeerSettings {
     fn builtin() -> Self {
         PeerSettings {
             hold_time: builtin(DEFAULT_HOLD_TIME),
+            connect_retry: builtin(DEFAULT_CONNECT_RETRY),
+            reconnect_delay: builtin(DEFAULT_RECONNECT_DELAY),
             ttl_security: builtin(false),
             communities: builtin(Vec::new()),
             large_communities: builtin(Vec::new()),
@@ -371,6 +379,18 @@ fn setting<T: Clone>(
 fn read_settings(s: &Section, base: &PeerSettings) -> PeerSettings {
     PeerSettings {
         hold_time: setting(s, "hold_time", &base.hold_time, || read_hold_time(s)),
+        connect_retry: setting(s, "connect_retry", &base.connect_retry, || {
+            s.duration(
+                "connect_retry",
+                "\"10s\"",
+                Duration::from_secs(1),
+                MAX_HOLD_TIME,
+            )
+        }),
+        reconnect_delay: setting(s, "reconnect_delay", &base.reconnect_delay, || {
+            let (min, max) = (Duration::from_millis(100), MAX_RECONNECT_DELAY);
+            s.duration("reconnect_delay", "\"5s\"", min, max)
+        }),
         ttl_security: setting(s, "ttl_security", &base.ttl_security, || {
             s.boolean("ttl_security")
         }),
@@ -800,6 +820,8 @@ fn build_peer(p: BgpPeerDraft, local_as: Option<u32>) -> Option<BgpPeerConfig> {
         remote_as,
         local_address: p.local_address.map(|a| a.value),
         hold_time: st.hold_time.at?.value,
+        connect_retry: st.connect_retry.at?.value,
+        reconnect_delay: st.reconnect_delay.at?.value,
         passive: p.passive?.value,
         md5_password: p.md5_password.map(|m| m.value),
         ttl_security: st.ttl_security.at?.value,
