@@ -306,14 +306,22 @@ fn summary(mode: Mode) {
         "ns per packet",
         n,
     );
+    // The variants take turns, sample by sample, so that a disturbance of
+    // the machine hits them alike.
     let mut s = Alongside::new();
     let packets = (256 * BATCH) as u64;
-    for (name, due) in ALONGSIDE {
-        s.run(packets, due);
-        let samples = (0..n)
-            .map(|_| s.run(packets, due).as_nanos() as f64 / packets as f64)
-            .collect();
-        t.push(name, samples);
+    let mut samples = vec![Vec::with_capacity(n); ALONGSIDE.len()];
+    for round in 0..=n {
+        for ((_, due), v) in ALONGSIDE.iter().zip(&mut samples) {
+            let ns = s.run(packets, *due).as_nanos() as f64 / packets as f64;
+            // Round 0 warms up.
+            if round > 0 {
+                v.push(ns);
+            }
+        }
+    }
+    for ((name, _), v) in ALONGSIDE.iter().zip(samples) {
+        t.push(name, v);
     }
     t.print();
 }

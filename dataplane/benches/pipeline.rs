@@ -194,20 +194,40 @@ fn passes(gw: &mut Gateway, frames: &[Frame], passes: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Per set, the cases take turns pass by pass, so that a disturbance of the
+/// machine hits them alike.
 fn summary_established(t: &mut Summary) {
     let n = t.samples();
     for (name, flows, capacity) in SETS {
-        let mut s = established(flows, capacity, NOW);
-        let forward = passes(&mut s.gw, &s.forward, n);
-        let reply = passes(&mut s.gw, &s.reply, n);
-        let both = passes(&mut s.gw, &s.both, n);
-        let copy = (0..n)
-            .map(|_| summary::ns_per_item(s.both.len(), || s.gw.copy_only(&s.both)))
-            .collect();
-        t.push(&format!("established (client ACK), {name}"), forward);
-        t.push(&format!("reply (backend ACK), {name}"), reply);
-        t.push(&format!("both interleaved, {name}"), both);
-        t.push(&format!("copy only, {name}"), copy);
+        let Established {
+            mut gw,
+            forward,
+            reply,
+            both,
+        } = established(flows, capacity, NOW);
+        let cases = [
+            ("established (client ACK)", &forward),
+            ("reply (backend ACK)", &reply),
+            ("both interleaved", &both),
+        ];
+        let mut samples = vec![Vec::with_capacity(n); cases.len() + 1];
+        for round in 0..n + 3 {
+            for ((_, frames), v) in cases.iter().zip(&mut samples) {
+                let ns = summary::ns_per_item(frames.len(), || gw.replay(NOW, frames));
+                // Rounds 0-2 warm up.
+                if round >= 3 {
+                    v.push(ns);
+                }
+            }
+            let copy = summary::ns_per_item(both.len(), || gw.copy_only(&both));
+            if round >= 3 {
+                samples[cases.len()].push(copy);
+            }
+        }
+        let names = cases.iter().map(|(case, _)| *case).chain(["copy only"]);
+        for (case, v) in names.zip(samples) {
+            t.push(&format!("{case}, {name}"), v);
+        }
     }
 }
 
