@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 
 # What the tests run or look with: ip (iproute2), nft (nftables),
 # ethtool, curl, ping, keepalived (VRRP interop peer), tcpdump/tshark
-# (captures), python3 (crafted adverts), bird2 and frr (BGP peers). Later
-# work adds nginx.
+# (captures), python3 (crafted adverts), bird2 and frr (BGP peers), nginx
+# (HTTP and HTTPS health checks).
 packages=(iproute2 nftables ethtool curl iputils-ping keepalived tcpdump tshark python3 bird2 frr nginx)
 missing=()
 for p in "${packages[@]}"; do
