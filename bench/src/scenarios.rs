@@ -390,6 +390,19 @@ pub fn flows(cx: &mut Ctx) -> Result<()> {
             interrupted()?;
         }
     }
+    // The table is allocated (and written) when the daemon starts, so its
+    // memory shows in the RSS before the fill. The smallest table's daemon
+    // is the baseline: RSS above it over the connections is what a
+    // connection costs, table slot and index included.
+    let baseline = memory
+        .iter()
+        .filter_map(|m| m.2["rss_before"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    for m in &mut memory {
+        let after = m.2["rss_after"].as_f64().unwrap_or(f64::NAN);
+        let added = m.2["conn_added"].as_f64().unwrap_or(f64::NAN);
+        m.2["bytes_per_connection_over_smallest"] = json!((after - baseline) / added.max(1.0));
+    }
     for &n in &counts {
         let case = flows_case(n);
         let ns = clean_values(&samples, &case, "vipgate", |s| s.gateway_ns_per_packet);
@@ -420,6 +433,19 @@ pub fn flows(cx: &mut Ctx) -> Result<()> {
             "RSS growth per new connection",
             "B",
             &b,
+        );
+        let t = values(&memory, &case, "vipgate", |m| {
+            m["bytes_per_connection_over_smallest"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        });
+        cx.report.add(
+            "flows",
+            &case,
+            "vipgate",
+            "RSS over the smallest case per connection",
+            "B",
+            &t,
         );
         let a = values(&memory, &case, "vipgate", |m| {
             m["conn_active"].as_f64().unwrap_or(f64::NAN)
