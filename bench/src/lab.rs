@@ -117,7 +117,7 @@ pub fn parse(text: &str) -> LabRun {
                 .next()
                 .unwrap_or("?")
                 .to_string();
-        } else if line.starts_with('(') {
+        } else if is_phase_label(line) {
             run.timeline.extend(row.take());
             row = Some(TimelineRow {
                 label: format!("{pair}: {}", shorten(line)),
@@ -147,6 +147,18 @@ pub fn parse(text: &str) -> LabRun {
     }
     run.timeline.extend(row);
     run
+}
+
+/// A phase heading: "(a) ...", "(a+) ...", "(0) ..." at the start of a
+/// line (not the comparison table's "(cells: ...)" note).
+fn is_phase_label(line: &str) -> bool {
+    line.strip_prefix('(')
+        .and_then(|rest| rest.split_once(") "))
+        .is_some_and(|(key, _)| {
+            !key.is_empty()
+                && key.len() <= 3
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+        })
 }
 
 /// "<lost> lost  window <w> ms  after: ..." → (lost, window seconds).
@@ -208,6 +220,14 @@ COMPARE phase=a vip=vip1 vipgate_lost=3000 vipgate_window_ms=300 keepalived_lost
         assert!(row.label.starts_with("vipgate: (a) SIGKILL"));
         assert_eq!(row.events.len(), 2);
         assert_eq!(row.losses, vec![(1.010, 0.3, 3000)]);
+    }
+
+    #[test]
+    fn phase_labels() {
+        assert!(is_phase_label("(a+) gw-a's keepalived SIGKILL"));
+        assert!(is_phase_label("(0) baseline: no event"));
+        assert!(!is_phase_label("(cells: datagrams lost / longest window)"));
+        assert!(!is_phase_label("  (a) indented"));
     }
 
     #[test]
