@@ -42,6 +42,8 @@ pub struct Sample {
     pub frame_bytes: u64,
     /// Busy time of the gateway core over the window.
     pub gateway_busy_ms: f64,
+    /// The same from cpuidle residency (cross-check; see `cpu`).
+    pub gateway_busy_by_residency_ms: Option<f64>,
     pub window_ms: f64,
     /// Gateway core busy ns per packet the sink received.
     pub gateway_ns_per_packet: f64,
@@ -195,6 +197,9 @@ impl Bench {
             sink_host_drops: got.host_drops,
             frame_bytes: got.frame_bytes,
             gateway_busy_ms: busy.as_secs_f64() * 1e3,
+            gateway_busy_by_residency_ms: r0
+                .busy_by_residency_until(&r1)
+                .map(|d| d.as_secs_f64() * 1e3),
             window_ms: window.as_secs_f64() * 1e3,
             gateway_ns_per_packet: per_packet(busy),
             load_busy_ms: load_busy.as_secs_f64() * 1e3,
