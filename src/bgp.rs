@@ -3,8 +3,10 @@
 //! standalone `vipgate route speak`.
 //!
 //! Owns:
-//! - [`speaker_config`] / [`route_attrs`]: `[bgp]` to a
-//!   [`SpeakerConfig`] and the attributes every announced route carries;
+//! - [`speaker_config`] / [`route_attrs`] / [`peer_export`]: `[bgp]` to
+//!   a [`SpeakerConfig`], the attributes every announced route starts
+//!   from, and what each peer adds to them (its own MED, communities,
+//!   prepend, local preference);
 //! - [`Policy`]: which configured prefixes are announced, given which VIPs
 //!   qualify ([`vip_serviceable`] in `ecmp` mode, VRRP mastership in `vrrp`
 //!   mode); an aggregate is announced while any VIP it covers qualifies;
@@ -42,7 +44,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use vipgate_routing::rib::{DrainPolicy, NextHop, RouteAttrs};
+use vipgate_routing::rib::{DrainPolicy, NextHop, PeerExport, RouteAttrs};
 use vipgate_routing::speaker::{PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerHandle};
 use vipgate_routing::wire::{Community, Family, LargeCommunity, Prefix};
 
@@ -143,59 +145,32 @@ fn peer_config(p: &config::BgpPeerConfig) -> PeerConfig {
         })
         .collect();
     out.next_hop_ipv6 = p.next_hop_v6;
+    out.export = peer_export(p);
     out
 }
 
-/// The attributes every policy route carries: the peers' `med`,
-/// `communities`, `large_communities`, `prepend` and `local_pref`.
-///
-/// The speaker sends one set of attributes to every peer, so the peers
-/// must agree on them (they do when they are set under `[bgp]` only):
-/// MED and communities across all peers, prepend across eBGP peers (iBGP
-/// sessions never prepend), local preference across iBGP peers. Anything
-/// else is refused rather than sent to the wrong peer.
-pub fn route_attrs(bgp: &BgpConfig) -> Result<RouteAttrs> {
-    let local_as = bgp.local_as.unwrap_or(0);
-    let Some(first) = bgp.peers.first() else {
-        return Ok(RouteAttrs::default());
-    };
-    let differ = |what: &str, p: &config::BgpPeerConfig| {
-        anyhow!(
-            "[[bgp.peer]] {:?} sets another {what} than {:?}; this version sends the same \
-             route attributes to every peer: set {what} under [bgp] instead",
-            p.name,
-            first.name
-        )
-    };
-    for p in &bgp.peers {
-        if p.med != first.med {
-            return Err(differ("med", p));
-        }
-        if p.communities != first.communities {
-            return Err(differ("communities", p));
-        }
-        if p.large_communities != first.large_communities {
-            return Err(differ("large_communities", p));
-        }
-    }
-    let ebgp: Vec<_> = bgp.peers.iter().filter(|p| !p.is_ibgp(local_as)).collect();
-    let ibgp: Vec<_> = bgp.peers.iter().filter(|p| p.is_ibgp(local_as)).collect();
-    let prepend = ebgp.first().map_or(0, |p| p.prepend);
-    if let Some(p) = ebgp.iter().find(|p| p.prepend != prepend) {
-        return Err(differ("prepend", p));
-    }
-    let local_pref = ibgp.first().and_then(|p| p.local_pref);
-    if let Some(p) = ibgp.iter().find(|p| p.local_pref != local_pref) {
-        return Err(differ("local_pref", p));
-    }
+/// The attributes every policy route starts from: next-hop self. Each
+/// peer adds its own `med`, `communities`, `large_communities`, `prepend`
+/// and (iBGP) `local_pref` as it is sent ([`peer_export`]), so peers may
+/// differ; a `[[bgp.announce]]` MED replaces the peer's, its communities
+/// add to the peer's.
+pub fn route_attrs(_bgp: &BgpConfig) -> Result<RouteAttrs> {
     Ok(RouteAttrs {
         next_hop: NextHop::Local,
-        med: first.med,
-        local_pref,
-        communities: communities(&first.communities),
-        large_communities: large_communities(&first.large_communities),
-        prepend,
+        ..RouteAttrs::default()
     })
+}
+
+/// What one peer adds to every route it is sent.
+pub fn peer_export(p: &config::BgpPeerConfig) -> PeerExport {
+    PeerExport {
+        med: p.med,
+        local_pref: p.local_pref,
+        communities: communities(&p.communities),
+        large_communities: large_communities(&p.large_communities),
+        // Validated: 0 for iBGP peers (and the session never prepends there).
+        prepend: p.prepend,
+    }
 }
 
 fn communities(c: &[config::Community]) -> Vec<Community> {
@@ -1005,7 +980,7 @@ prefix = "198.18.10.11/32"
     fn ecmp_policy_announces_vips_with_a_usable_backend_and_aggregates() {
         let config = config::validate_str(BGP, "t.toml", None).expect("valid");
         let base = route_attrs(&config.bgp).unwrap();
-        assert_eq!(base.med, Some(3));
+        assert_eq!(base.med, None, "the peer's MED is added per peer");
         let policy = Policy::new(&config, &base);
         let wanted = policy.wanted_ecmp(&config);
         // The /24 covers the usable 198.18.10.10; the idle VIP's /32 has
@@ -1015,12 +990,16 @@ prefix = "198.18.10.11/32"
             vec![p("198.18.10.0/24")]
         );
         let agg = &wanted[&p("198.18.10.0/24")];
+        assert_eq!(agg.med, Some(10), "the announcement's MED");
+        let peer = peer_export(&config.bgp.peers[0]);
+        assert_eq!(peer.med, Some(3));
+        let sent = peer.apply(agg);
         assert_eq!(
-            agg.med,
+            sent.med,
             Some(10),
             "the announcement's MED replaces the peer's"
         );
-        assert_eq!(agg.communities, vec![Community::new(65000, 7)]);
+        assert_eq!(sent.communities, vec![Community::new(65000, 7)]);
         assert!(policy.wanted(|_| false).is_empty());
         let sc = speaker_config(&config.bgp, None).unwrap();
         assert_eq!(sc.router_id, "198.18.0.1".parse::<Ipv4Addr>().unwrap());
@@ -1077,12 +1056,20 @@ prefix = "198.18.10.11/32"
     }
 
     #[test]
-    fn differing_peer_attributes_are_refused() {
+    fn each_peer_gets_its_own_attributes() {
         let two = BGP.to_string()
-            + "[[bgp.peer]]\naddress = \"198.18.0.253\"\nremote_as = 64501\nmed = 4\n";
+            + "[[bgp.peer]]\naddress = \"198.18.0.253\"\nremote_as = 64501\nmed = 4\nprepend = 2\n";
         let config = config::validate_str(&two, "t.toml", None).expect("valid");
-        let e = route_attrs(&config.bgp).unwrap_err().to_string();
-        assert!(e.contains("med"), "{e}");
+        let sc = speaker_config(&config.bgp, None).unwrap();
+        assert_eq!(sc.peers[0].export.med, Some(3), "[bgp] med inherited");
+        assert_eq!(
+            (sc.peers[1].export.med, sc.peers[1].export.prepend),
+            (Some(4), 2)
+        );
+        assert_eq!(
+            sc.peers[0].export.communities,
+            sc.peers[1].export.communities
+        );
     }
 
     #[test]

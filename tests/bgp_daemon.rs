@@ -260,6 +260,7 @@ name = "upstream"
 address = "198.18.1.1"
 remote_as = 65000
 families = ["ipv4-unicast", "ipv6-unicast"]
+med = 77
 "#,
         dir = dir.display()
     )
@@ -285,10 +286,10 @@ fn daemon_announces_drains_and_withdraws_on_sigterm() {
             .contains("via 198.18.1.2")
             .then_some(())
     });
+    let r = lab.bird_route(VIP);
     assert!(
-        lab.bird_route(VIP).contains("(65001,10)"),
-        "{}",
-        lab.bird_route(VIP)
+        r.contains("(65001,10)") && r.contains("BGP.med: 77"),
+        "the peer's own MED and [bgp]'s community: {r}"
     );
     let peers = lab.cli_json(&["bgp", "peers", "--json"]);
     let p = &peers["peers"][0];
@@ -312,8 +313,13 @@ fn daemon_announces_drains_and_withdraws_on_sigterm() {
     assert!(out.unwrap().contains("announced"));
     wait_for(long, "operator route in BIRD", || {
         let r = lab.bird_route("198.18.11.0/24");
-        (r.contains("(65000,42)") && r.contains("(65001, 1, 2)") && r.contains("BGP.med: 7"))
-            .then_some(())
+        // The operator's MED replaces the peer's; the peer's community is
+        // added to the operator's.
+        (r.contains("(65000,42)")
+            && r.contains("(65001,10)")
+            && r.contains("(65001, 1, 2)")
+            && r.contains("BGP.med: 7"))
+        .then_some(())
     });
     let rib = lab.cli_json(&["route", "list", "--peer", "198.18.1.1", "--json"]);
     let prefixes: Vec<&str> = rib["routes"]

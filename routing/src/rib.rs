@@ -70,6 +70,50 @@ pub struct DrainPolicy {
     pub med: Option<u32>,
 }
 
+/// What one peer adds to every route it is sent: its own MED, local
+/// preference, communities and AS-path prepends (set per peer in the
+/// application's configuration).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerExport {
+    /// MED when the route (or a drain) sets none.
+    pub med: Option<u32>,
+    /// LOCAL_PREF (iBGP) when the route sets none.
+    pub local_pref: Option<u32>,
+    /// Added in front of the route's communities.
+    pub communities: Vec<Community>,
+    /// Added in front of the route's large communities.
+    pub large_communities: Vec<LargeCommunity>,
+    /// Added to the route's prepends (eBGP only; iBGP never prepends).
+    pub prepend: u8,
+}
+
+impl PeerExport {
+    /// `attrs` with this peer's attributes: the route's own MED and local
+    /// preference win, communities add up without duplicates, prepends add.
+    pub fn apply(&self, attrs: &RouteAttrs) -> RouteAttrs {
+        let mut communities = self.communities.clone();
+        for c in &attrs.communities {
+            if !communities.contains(c) {
+                communities.push(*c);
+            }
+        }
+        let mut large_communities = self.large_communities.clone();
+        for c in &attrs.large_communities {
+            if !large_communities.contains(c) {
+                large_communities.push(*c);
+            }
+        }
+        RouteAttrs {
+            next_hop: attrs.next_hop,
+            med: attrs.med.or(self.med),
+            local_pref: attrs.local_pref.or(self.local_pref),
+            communities,
+            large_communities,
+            prepend: attrs.prepend.saturating_add(self.prepend),
+        }
+    }
+}
+
 /// The routes the application wants announced to every peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredRoutes {
@@ -182,6 +226,7 @@ impl RibDiff {
 /// One peer's Adj-RIB-Out: what it was sent, with resolved next hops.
 #[derive(Clone, Debug, Default)]
 pub struct AdjRibOut {
+    export: PeerExport,
     next_hop_self: NextHopSelf,
     sent: BTreeMap<Prefix, RouteAttrs>,
     unresolved: usize,
@@ -191,6 +236,14 @@ impl AdjRibOut {
     /// An empty Adj-RIB-Out.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty Adj-RIB-Out of a peer that adds `export` to every route.
+    pub fn with_export(export: PeerExport) -> Self {
+        AdjRibOut {
+            export,
+            ..Self::default()
+        }
     }
 
     /// What was sent and not withdrawn, with next hops resolved.
@@ -215,7 +268,7 @@ impl AdjRibOut {
         let mut unresolved = 0;
         let mut out = BTreeMap::new();
         for (prefix, attrs) in desired.routes() {
-            match self.resolve(prefix, &desired.effective(attrs)) {
+            match self.resolve(prefix, &self.export.apply(&desired.effective(attrs))) {
                 Some(a) => {
                     out.insert(*prefix, a);
                 }
@@ -564,6 +617,61 @@ mod tests {
             vec![Community::new(65000, 7)]
         );
         assert_eq!(got[0].attributes.med, Some(10));
+    }
+
+    #[test]
+    fn each_peer_adds_its_own_attributes() {
+        let mut desired = DesiredRoutes::new(DrainPolicy {
+            extra_prepend: 1,
+            med: Some(900),
+        });
+        let mut own = RouteAttrs::default();
+        own.communities.push(Community::new(64512, 1));
+        desired.announce(prefix("198.18.10.10/32"), own);
+        let with_med = RouteAttrs {
+            med: Some(5),
+            ..RouteAttrs::default()
+        };
+        desired.announce(prefix("198.18.10.11/32"), with_med);
+        let export = PeerExport {
+            med: Some(50),
+            local_pref: Some(200),
+            communities: vec![Community::new(64512, 100), Community::new(64512, 1)],
+            large_communities: vec![],
+            prepend: 2,
+        };
+        let mut a = AdjRibOut::with_export(export);
+        a.next_hop_self = local();
+        let mut b = AdjRibOut::new();
+        b.next_hop_self = local();
+        let (ta, _) = a.target(&desired);
+        let (tb, _) = b.target(&desired);
+        let r = &ta[&prefix("198.18.10.10/32")];
+        assert_eq!(r.med, Some(50), "the peer's MED where the route has none");
+        assert_eq!(r.local_pref, Some(200));
+        assert_eq!(
+            r.communities,
+            [Community::new(64512, 100), Community::new(64512, 1)],
+            "peer's first, no duplicates"
+        );
+        assert_eq!(r.prepend, 2);
+        assert_eq!(
+            ta[&prefix("198.18.10.11/32")].med,
+            Some(5),
+            "the route's MED wins"
+        );
+        let plain = &tb[&prefix("198.18.10.10/32")];
+        assert_eq!(
+            (plain.med, plain.prepend),
+            (None, 0),
+            "another peer: nothing added"
+        );
+        desired.set_drain(true);
+        let (ta, _) = a.target(&desired);
+        let r = &ta[&prefix("198.18.10.10/32")];
+        assert_eq!(r.med, Some(900), "the drain's MED wins over the peer's");
+        assert_eq!(r.prepend, 3, "drain and peer prepends add");
+        assert!(r.communities.contains(&Community::GRACEFUL_SHUTDOWN));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
-use crate::rib::{AdjRibOut, DesiredRoutes, DrainPolicy, NextHopSelf, RouteAttrs};
+use crate::rib::{AdjRibOut, DesiredRoutes, DrainPolicy, NextHopSelf, PeerExport, RouteAttrs};
 use crate::rib_in::{AdjRibIn, ReceivedRoute};
 use crate::session::{
     collision_winner, DownReason, Event, Initiator, Session, SessionConfig, SessionEvent, State,
@@ -102,6 +102,8 @@ pub struct PeerConfig {
     pub connect_retry: Duration,
     /// First reconnect delay after an error (doubles up to 120 s).
     pub idle_hold: Duration,
+    /// Attributes added to every route this peer is sent.
+    pub export: PeerExport,
 }
 
 impl PeerConfig {
@@ -123,6 +125,7 @@ impl PeerConfig {
             next_hop_ipv6: None,
             connect_retry: Duration::from_secs(10),
             idle_hold: Duration::from_secs(5),
+            export: PeerExport::default(),
         }
     }
 
@@ -563,7 +566,7 @@ impl PeerTask {
             primary: Conn::new(session, false),
             secondary: None,
             restart_primary_at: None,
-            rib: AdjRibOut::new(),
+            rib: AdjRibOut::with_export(cfg.export.clone()),
             rib_dirty: true,
             received: AdjRibIn::new(),
             received_dirty: false,
