@@ -177,7 +177,7 @@ fn parse_gap(rest: &str) -> Option<(u64, f64)> {
     Some((lost, secs))
 }
 
-fn key_values(s: &str) -> BTreeMap<String, String> {
+pub fn key_values(s: &str) -> BTreeMap<String, String> {
     s.split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))

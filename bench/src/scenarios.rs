@@ -866,6 +866,7 @@ pub fn failover(cx: &mut Ctx) -> Result<()> {
             label: format!("ecmp {}", row.label),
             ..row.clone()
         }));
+        ecmp_rows(cx, &r);
         Some(r)
     } else {
         cx.report.note(
@@ -877,4 +878,40 @@ pub fn failover(cx: &mut Ctx) -> Result<()> {
         .raw
         .insert("failover".into(), json!({ "vrrp": vrrp, "ecmp": ecmp }));
     Ok(())
+}
+
+/// The ECMP lab's probe phases (`RESULT phase=drain|freeze|kill ...`):
+/// probes lost and gw-a's loss window, per phase, as table rows.
+fn ecmp_rows(cx: &mut Ctx, run: &crate::lab::LabRun) {
+    for line in &run.results {
+        let kv = crate::lab::key_values(line.trim_start_matches("RESULT "));
+        let Some(phase) = kv
+            .get("phase")
+            .filter(|p| ["drain", "freeze", "kill"].contains(&p.as_str()))
+        else {
+            continue;
+        };
+        let get = |k: &str| {
+            kv.get(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let case = format!("ecmp {phase}");
+        cx.report.add(
+            "failover",
+            &case,
+            "vipgate",
+            "loss window (gw-a)",
+            "ms",
+            &[get("window_gwa_ms")],
+        );
+        cx.report.add(
+            "failover",
+            &case,
+            "vipgate",
+            "probes lost",
+            "",
+            &[get("lost")],
+        );
+    }
 }
