@@ -142,33 +142,12 @@ impl Lab {
     }
 
     fn start_bird(&mut self) {
-        let dir = self.dir.display().to_string();
-        let conf = self.dir.join("bird.conf");
-        std::fs::write(&conf, BIRD_CONF.replace("{DIR}", &dir)).expect("bird.conf");
-        let pid = self.dir.join("bird.pid").display().to_string();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.c, "bird", "-c"])
-            .arg(&conf)
-            .args(["-s", &self.bird_sock, "-P", &pid, "-f"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start bird");
+        let child = common::start_bird(&self.c, &self.dir, BIRD_CONF, &self.bird_sock);
         self.bird = Some(child);
-        wait_for(Duration::from_secs(10), "BIRD control socket", || {
-            self.birdc(&["show", "status"])
-                .contains("Daemon is up")
-                .then_some(())
-        });
     }
 
     fn birdc(&self, args: &[&str]) -> String {
-        let out = Command::new("birdc")
-            .args(["-s", &self.bird_sock])
-            .args(args)
-            .output()
-            .expect("birdc");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::birdc(&self.bird_sock, args)
     }
 
     /// The client's kernel route to the VIP ("" when none).

@@ -4,7 +4,8 @@
 
 #![allow(dead_code)]
 
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vipgate::privileges::is_root;
@@ -65,4 +66,37 @@ pub fn end(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Starts BIRD 2 in namespace `ns` with `conf` (written to `dir`/bird.conf;
+/// `{DIR}` in it becomes `dir`), its control socket at `sock`; returns
+/// once BIRD answers there. The caller ends the child.
+pub fn start_bird(ns: &str, dir: &Path, conf: &str, sock: &str) -> Child {
+    let file = dir.join("bird.conf");
+    std::fs::write(&file, conf.replace("{DIR}", &dir.display().to_string())).expect("bird.conf");
+    let pid = dir.join("bird.pid").display().to_string();
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "bird", "-c"])
+        .arg(&file)
+        .args(["-s", sock, "-P", &pid, "-f"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bird");
+    wait_for(Duration::from_secs(10), "BIRD control socket", || {
+        birdc(sock, &["show", "status"])
+            .contains("Daemon is up")
+            .then_some(())
+    });
+    child
+}
+
+/// `birdc -s SOCK ARGS`: its output.
+pub fn birdc(sock: &str, args: &[&str]) -> String {
+    let out = Command::new("birdc")
+        .args(["-s", sock])
+        .args(args)
+        .output()
+        .expect("birdc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
