@@ -158,25 +158,18 @@ pub(crate) struct AnnounceDraft {
     pub med: Option<At<u32>>,
 }
 
-fn builtin<T>(value: T) -> Setting<T> {
-    Setting {
-        at: Some(At { value, span: None }),
-        own: false,
-    }
-}
-
 impl PeerSettings {
     /// The built-in defaults (see the model docs).
     fn builtin() -> Self {
         PeerSettings {
-            hold_time: builtin(DEFAULT_HOLD_TIME),
-            connect_retry: builtin(DEFAULT_CONNECT_RETRY),
-            reconnect_delay: builtin(DEFAULT_RECONNECT_DELAY),
-            ttl_security: builtin(false),
-            communities: builtin(Vec::new()),
-            large_communities: builtin(Vec::new()),
-            med: builtin(None),
-            prepend: builtin(0),
+            hold_time: Setting::builtin(DEFAULT_HOLD_TIME),
+            connect_retry: Setting::builtin(DEFAULT_CONNECT_RETRY),
+            reconnect_delay: Setting::builtin(DEFAULT_RECONNECT_DELAY),
+            ttl_security: Setting::builtin(false),
+            communities: Setting::builtin(Vec::new()),
+            large_communities: Setting::builtin(Vec::new()),
+            med: Setting::builtin(None),
+            prepend: Setting::builtin(0),
         }
     }
 }
@@ -363,17 +356,7 @@ fn setting<T: Clone>(
     base: &Setting<T>,
     read: impl FnOnce() -> Option<At<T>>,
 ) -> Setting<T> {
-    if s.has(key) {
-        Setting {
-            at: read(),
-            own: true,
-        }
-    } else {
-        Setting {
-            at: base.at.clone(),
-            own: false,
-        }
-    }
+    Setting::read_or_inherit(s, key, base, read)
 }
 
 fn read_settings(s: &Section, base: &PeerSettings) -> PeerSettings {

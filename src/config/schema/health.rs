@@ -20,8 +20,7 @@ use super::super::duration::format_duration;
 use super::super::model::*;
 use super::super::reader::{At, Section};
 use super::super::tree::Value;
-use super::vrrp::Setting;
-use super::{checked_address, read_port};
+use super::{checked_address, read_port, Setting};
 
 /// The keys of a check table; `[health]`, `[service.health]` and
 /// `[service.backend.health]` accept the same ones.
@@ -205,14 +204,7 @@ fn setting<T: Clone>(
     base: &Setting<T>,
     read: impl FnOnce() -> Option<At<T>>,
 ) -> Setting<T> {
-    if s.has(key) {
-        Setting {
-            at: read(),
-            own: true,
-        }
-    } else {
-        base.inherited()
-    }
+    Setting::read_or_inherit(s, key, base, read)
 }
 
 fn some<T>(at: Option<At<T>>) -> Option<At<Option<T>>> {

@@ -21,7 +21,7 @@ use super::super::error::ErrorKind;
 use super::super::model::*;
 use super::super::reader::{At, Reserved, Section};
 use super::super::tree::{Span, Table};
-use super::{checked_ifname, checked_name, or_default};
+use super::{checked_ifname, checked_name, or_default, Setting};
 
 /// The keys `[vrrp]` sets for every instance and an instance may override.
 const SETTING_KEYS: [&str; 11] = [
@@ -114,16 +114,6 @@ pub(crate) struct VrrpDraft {
     pub sync_groups: Vec<SyncGroupDraft>,
 }
 
-/// A key `[vrrp]` gives every instance and an instance may override.
-#[derive(Clone)]
-pub(crate) struct Setting<T> {
-    /// `None` when the value written was invalid (and reported); span
-    /// `None` for the built-in default.
-    pub at: Option<At<T>>,
-    /// Written in the table at hand, not inherited or built in.
-    pub own: bool,
-}
-
 /// The keys of [`SETTING_KEYS`], resolved for one table.
 #[derive(Clone)]
 pub(crate) struct VrrpSettings {
@@ -177,34 +167,6 @@ pub(crate) struct SyncGroupDraft {
     pub name: Option<At<String>>,
     /// `None` when absent, empty or invalid.
     pub instances: Option<Vec<At<String>>>,
-}
-
-impl<T: Clone> Setting<T> {
-    pub(crate) fn builtin(value: T) -> Self {
-        Setting {
-            at: Some(At { value, span: None }),
-            own: false,
-        }
-    }
-
-    /// The same value, as seen from a table that did not write it.
-    pub(crate) fn inherited(&self) -> Self {
-        Setting {
-            at: self.at.clone(),
-            own: false,
-        }
-    }
-}
-
-impl<T> Setting<T> {
-    pub(crate) fn value(&self) -> Option<&T> {
-        self.at.as_ref().map(|a| &a.value)
-    }
-
-    /// The value if written in the table at hand.
-    pub(crate) fn own_at(&self) -> Option<&At<T>> {
-        self.at.as_ref().filter(|_| self.own)
-    }
 }
 
 impl VrrpSettings {
@@ -272,14 +234,7 @@ fn setting<T: Clone>(
     read: impl FnOnce() -> Option<At<T>>,
 ) -> Setting<T> {
     debug_assert!(SETTING_KEYS.contains(&key));
-    if s.has(key) {
-        Setting {
-            at: read(),
-            own: true,
-        }
-    } else {
-        base.inherited()
-    }
+    Setting::read_or_inherit(s, key, base, read)
 }
 
 fn read_settings(s: &Section, base: &VrrpSettings) -> VrrpSettings {
