@@ -7,19 +7,65 @@
 //! socket is created with mode 0600 in a 0700 directory: only root (the
 //! daemon's user) may talk to it.
 //!
-//! This module owns the socket and the wire format only; what a command
-//! does is the daemon's [`Handler`].
+//! This module owns the socket and the wire format, and [`EventRing`], the
+//! bounded event lists commands such as `vipgate vrrp events` read; what a
+//! command does is the daemon's [`Handler`].
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
+
+/// The last `capacity` events of one kind, each numbered (`seq`, from 1)
+/// and stamped (`unix_ms`), for clients that poll with the last number
+/// they saw.
+pub struct EventRing {
+    capacity: usize,
+    inner: Mutex<(u64, VecDeque<Value>)>,
+}
+
+impl EventRing {
+    pub fn new(capacity: usize) -> EventRing {
+        EventRing {
+            capacity: capacity.max(1),
+            inner: Mutex::new((0, VecDeque::new())),
+        }
+    }
+
+    /// Adds `event` (a JSON object) with its `seq` and `unix_ms`, dropping
+    /// the oldest when full.
+    pub fn push(&self, mut event: Value) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0 += 1;
+        event["seq"] = json!(inner.0);
+        event["unix_ms"] = json!(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64));
+        if inner.1.len() == self.capacity {
+            inner.1.pop_front();
+        }
+        inner.1.push_back(event);
+    }
+
+    /// Events numbered above `after`, oldest first.
+    pub fn after(&self, after: u64) -> Vec<Value> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .1
+            .iter()
+            .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
+            .cloned()
+            .collect()
+    }
+}
 
 /// Answers control requests inside the daemon.
 pub trait Handler: Send + Sync + 'static {
@@ -180,5 +226,22 @@ mod tests {
         });
         drop(rt);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn event_ring_numbers_stamps_and_keeps_the_last() {
+        let ring = EventRing::new(2);
+        for n in 1..=3 {
+            ring.push(json!({ "n": n }));
+        }
+        let all = ring.after(0);
+        let kept: Vec<(u64, u64)> = all
+            .iter()
+            .map(|e| (e["seq"].as_u64().unwrap(), e["n"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(kept, [(2, 2), (3, 3)], "the oldest goes when full");
+        assert!(all.iter().all(|e| e["unix_ms"].as_u64().is_some_and(|t| t > 0)));
+        assert_eq!(ring.after(2).len(), 1);
+        assert!(ring.after(3).is_empty());
     }
 }

@@ -6,9 +6,7 @@
 //! backend). Must not: decide what a verdict does to the dataplane or the
 //! routes (that is [`Services`]).
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -16,6 +14,7 @@ use tracing::{info, warn};
 
 use super::services::Services;
 use crate::config::{BackendConfig, CheckConfig, Config, HealthCheckConfig};
+use crate::control::EventRing;
 use crate::health::{CheckKind, CheckSpec, Checker, TargetStatus, TlsOptions};
 
 /// Events kept for `vipgate backend events`.
@@ -26,13 +25,7 @@ pub struct HealthChecks {
     checker: Checker,
     /// Target id -> (service index, backend index).
     targets: Vec<(usize, usize)>,
-    events: Mutex<Events>,
-}
-
-#[derive(Default)]
-struct Events {
-    seq: u64,
-    ring: VecDeque<Value>,
+    events: EventRing,
 }
 
 /// The probe of one backend.
@@ -117,7 +110,7 @@ impl HealthChecks {
         Ok(Some(HealthChecks {
             checker,
             targets,
-            events: Mutex::new(Events::default()),
+            events: EventRing::new(EVENTS_KEPT),
         }))
     }
 
@@ -149,25 +142,13 @@ impl HealthChecks {
     }
 
     /// Records an event (also used for operator drains).
-    pub fn event(&self, mut event: Value) {
-        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        ev.seq += 1;
-        event["seq"] = json!(ev.seq);
-        event["time"] = json!(unix_time());
-        if ev.ring.len() == EVENTS_KEPT {
-            ev.ring.pop_front();
-        }
-        ev.ring.push_back(event);
+    pub fn event(&self, event: Value) {
+        self.events.push(event);
     }
 
     /// Events with a sequence number above `after`, oldest first.
     pub fn events_after(&self, after: u64) -> Vec<Value> {
-        let ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        ev.ring
-            .iter()
-            .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
-            .cloned()
-            .collect()
+        self.events.after(after)
     }
 
     /// The checker's view of (service, backend), as status JSON.
@@ -216,12 +197,6 @@ fn ensure_descriptors(checks: usize) {
             "the open-files hard limit may be too low for this many checks"
         );
     }
-}
-
-fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn ms(d: Duration) -> f64 {

@@ -13,7 +13,7 @@
 //! master (priority 0) and keeps the thread, and so the dataplane's
 //! forwarding, alive until the longest grace period has passed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Child, Command, Stdio};
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
@@ -33,6 +33,7 @@ use super::node::{Node, TrackKey};
 use super::socket::{self, Family, SocketConfig, VrrpSocket};
 use super::wire::{self, AdvertError, Auth, ChecksumMode, Version};
 use crate::config::{Config, TrackKind, VipMode, VrrpChecksum, VrrpVersion};
+use crate::control::EventRing;
 use crate::netlink::{Addr, Link, RouteSocket, RtNetlink};
 use crate::sys::packet::PacketSender;
 
@@ -255,7 +256,7 @@ type Envelope = (Request, mpsc::SyncSender<Result<Value, String>>);
 /// Shared between the VRRP thread and the control socket.
 pub struct Shared {
     status: Mutex<Value>,
-    events: Mutex<VecDeque<Value>>,
+    events: EventRing,
     requests: Mutex<Sender<Envelope>>,
 }
 
@@ -267,14 +268,7 @@ impl Shared {
 
     /// Transitions with a sequence number above `after`, oldest first.
     pub fn events_after(&self, after: u64) -> Vec<Value> {
-        let Ok(events) = self.events.lock() else {
-            return Vec::new();
-        };
-        events
-            .iter()
-            .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
-            .cloned()
-            .collect()
+        self.events.after(after)
     }
 
     /// Hands a request to the VRRP thread without waiting for its answer
@@ -355,7 +349,7 @@ pub fn spawn(plan: Plan, publish: Publish) -> Result<VrrpRuntime> {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         status: Mutex::new(Value::Array(vec![])),
-        events: Mutex::new(VecDeque::new()),
+        events: EventRing::new(EVENTS_KEPT),
         requests: Mutex::new(tx),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -383,7 +377,6 @@ pub fn spawn(plan: Plan, publish: Publish) -> Result<VrrpRuntime> {
         hooks: Vec::new(),
         scripts,
         wire_drops: HashMap::new(),
-        seq: 0,
         kernel_vips: Vec::new(),
         status_due: true,
         status_urgent: true,
@@ -464,7 +457,6 @@ struct Runner {
     scripts: Vec<ScriptState>,
     /// Adverts the wire layer refused, per instance and reason.
     wire_drops: HashMap<usize, BTreeMap<&'static str, u64>>,
-    seq: u64,
     /// Addresses added to links in kernel mode: (ifindex, addr).
     kernel_vips: Vec<(u32, IpAddr)>,
     status_due: bool,
@@ -717,21 +709,12 @@ impl Runner {
             reason = %t.reason,
             "VRRP: state change"
         );
-        self.seq += 1;
-        let event = json!({
-            "seq": self.seq,
-            "unix_ms": unix_ms(),
+        self.shared.events.push(json!({
             "instance": p.cfg.name,
             "from": t.from.name(),
             "to": t.to.name(),
             "reason": t.reason.name(),
-        });
-        if let Ok(mut events) = self.shared.events.lock() {
-            if events.len() == EVENTS_KEPT {
-                events.pop_front();
-            }
-            events.push_back(event);
-        }
+        }));
         let Some(cmd) = &p.notify else {
             return;
         };
@@ -965,10 +948,4 @@ impl Runner {
             },
         })
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
