@@ -8,7 +8,8 @@
 //!   from, and what each peer adds to them (its own MED, communities,
 //!   prepend, local preference);
 //! - [`Policy`]: which configured prefixes are announced, given which VIPs
-//!   qualify ([`vip_serviceable`] in `ecmp` mode, VRRP mastership in `vrrp`
+//!   qualify (the services on them can serve, see `daemon::services`; in
+//!   `vrrp` mode also VRRP mastership)
 //!   mode); an aggregate is announced while any VIP it covers qualifies;
 //! - [`Routes`]: the sans-IO table of policy routes, operator routes
 //!   (`vipgate route announce`) and the drain state, and what follows from
@@ -194,17 +195,6 @@ fn prefix_of(p: IpPrefix) -> Prefix {
 
 // ------------------------------------------------------------ policy
 
-/// The `ecmp` hook: whether this node can serve `vip` — the dataplane runs
-/// (the caller's part) and a service on it has a backend with weight > 0.
-/// Health checks will refine this one function.
-pub fn vip_serviceable(config: &Config, vip: IpAddr) -> bool {
-    config
-        .services
-        .iter()
-        .filter(|s| s.vip == vip)
-        .any(|s| s.backends.iter().any(|b| b.weight > 0))
-}
-
 /// The configured announcements and the VIPs each covers.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -254,17 +244,20 @@ impl Policy {
             .collect()
     }
 
-    /// `ecmp` mode with the dataplane up.
-    pub fn wanted_ecmp(&self, config: &Config) -> BTreeMap<Prefix, RouteAttrs> {
-        self.wanted(|v| vip_serviceable(config, v))
-    }
-
-    /// `vrrp` mode: the VIPs this node masters (VRRP state Active).
-    pub fn wanted_vrrp(
+    /// The routes of `self.mode` when the VIPs `serving` holds for can
+    /// take clients: all of those in `ecmp` mode; in `vrrp` mode only
+    /// those this node also masters (VRRP state Active in `states`).
+    pub fn routes(
         &self,
+        serving: impl Fn(IpAddr) -> bool,
         states: &std::collections::HashMap<IpAddr, VipState>,
     ) -> BTreeMap<Prefix, RouteAttrs> {
-        self.wanted(|v| states.get(&v) == Some(&VipState::Active))
+        match self.mode {
+            AnnounceMode::Ecmp => self.wanted(serving),
+            AnnounceMode::Vrrp => {
+                self.wanted(|v| states.get(&v) == Some(&VipState::Active) && serving(v))
+            }
+        }
     }
 }
 
@@ -977,14 +970,15 @@ prefix = "198.18.10.11/32"
 "#;
 
     #[test]
-    fn ecmp_policy_announces_vips_with_a_usable_backend_and_aggregates() {
+    fn ecmp_policy_announces_serving_vips_and_their_aggregates() {
         let config = config::validate_str(BGP, "t.toml", None).expect("valid");
         let base = route_attrs(&config.bgp).unwrap();
         assert_eq!(base.med, None, "the peer's MED is added per peer");
         let policy = Policy::new(&config, &base);
-        let wanted = policy.wanted_ecmp(&config);
-        // The /24 covers the usable 198.18.10.10; the idle VIP's /32 has
-        // only a weight-0 backend.
+        let serving: IpAddr = "198.18.10.10".parse().unwrap();
+        let wanted = policy.routes(|v| v == serving, &Default::default());
+        // The /24 covers the serving 198.18.10.10; the idle VIP's /32
+        // does not serve.
         assert_eq!(
             wanted.keys().copied().collect::<Vec<_>>(),
             vec![p("198.18.10.0/24")]
@@ -1041,9 +1035,10 @@ prefix = "198.18.10.11/32"
     }
 
     #[test]
-    fn vrrp_policy_follows_mastership() {
+    fn vrrp_policy_follows_mastership_of_serving_vips() {
         let config = config::validate_str(BGP, "t.toml", None).expect("valid");
-        let policy = Policy::new(&config, &RouteAttrs::default());
+        let mut policy = Policy::new(&config, &RouteAttrs::default());
+        policy.mode = AnnounceMode::Vrrp;
         let vip: IpAddr = "198.18.10.11".parse().unwrap();
         for (state, n) in [
             (VipState::Active, 2),
@@ -1051,7 +1046,8 @@ prefix = "198.18.10.11/32"
             (VipState::Inactive, 0),
         ] {
             let states = [(vip, state)].into();
-            assert_eq!(policy.wanted_vrrp(&states).len(), n, "{state:?}");
+            assert_eq!(policy.routes(|_| true, &states).len(), n, "{state:?}");
+            assert!(policy.routes(|_| false, &states).is_empty(), "not serving");
         }
     }
 

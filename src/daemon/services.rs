@@ -44,7 +44,7 @@ use vipgate_dataplane::snapshot::{Backend, Interface, Published, Service, Servic
 
 use super::{role_of, scheduler_kind};
 use crate::bgp::{self, Bgp};
-use crate::config::{AnnounceMode, Config, InterfaceRole, Protocol, ServiceConfig, VipMode};
+use crate::config::{Config, InterfaceRole, Protocol, ServiceConfig, VipMode};
 use crate::health::{ServiceHealth, ServicePolicy};
 use crate::netlink::Link;
 use crate::vrrp::{self, instance::VipState};
@@ -569,11 +569,7 @@ impl Services {
                 .enumerate()
                 .any(|(i, s)| s.vip == vip && can_serve(s, st.inputs.usable[i]))
         };
-        let routes = match policy.mode {
-            AnnounceMode::Ecmp => policy.wanted(serving),
-            AnnounceMode::Vrrp => policy
-                .wanted(|v| st.inputs.vip_states.get(&v) == Some(&VipState::Active) && serving(v)),
-        };
+        let routes = policy.routes(serving, &st.inputs.vip_states);
         let routes = match phase {
             Phase::All => routes,
             Phase::WithdrawOnly => {
