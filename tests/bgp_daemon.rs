@@ -177,17 +177,7 @@ impl Lab {
     /// `vipgate ARGS --socket S` against the daemon; its stdout, or the
     /// error text.
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_vipgate"))
-            .args(args)
-            .arg("--socket")
-            .arg(self.dir.join("ctl.sock"))
-            .output()
-            .expect("vipgate cli");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        common::vipgate_cli(&self.dir.join("ctl.sock"), args)
     }
 
     fn cli_json(&self, args: &[&str]) -> Value {

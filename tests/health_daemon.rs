@@ -254,17 +254,7 @@ hold_time = "9s"
     }
 
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_vipgate"))
-            .args(args)
-            .arg("--socket")
-            .arg(self.dir.join("ctl.sock"))
-            .output()
-            .expect("vipgate cli");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        common::vipgate_cli(&self.dir.join("ctl.sock"), args)
     }
 
     fn status(&self) -> Value {

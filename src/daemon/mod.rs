@@ -876,10 +876,11 @@ pub fn default_socket() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn link(index: u32, name: &str) -> Link {
+    /// A link for snapshot tests (also used by `services` tests).
+    pub(crate) fn link(index: u32, name: &str) -> Link {
         Link {
             index,
             name: name.into(),

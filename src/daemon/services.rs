@@ -690,6 +690,7 @@ impl Services {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::daemon::tests::link;
 
     const CONFIG: &str = r#"
 [node]
@@ -718,17 +719,6 @@ address = "198.18.20.4"
 type = "tcp"
 inhibit_on_failure = true
 "#;
-
-    fn link(index: u32, name: &str) -> Link {
-        Link {
-            index,
-            name: name.into(),
-            mac: [2, 0, 0, 0, 0, index as u8],
-            mtu: 1500,
-            up: true,
-            carrier: true,
-        }
-    }
 
     fn setup() -> (Services, Instant) {
         let config = config::validate_str(CONFIG, "t.toml", None).expect("valid");

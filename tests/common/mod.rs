@@ -100,3 +100,19 @@ pub fn birdc(sock: &str, args: &[&str]) -> String {
         .expect("birdc");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `vipgate ARGS --socket SOCKET` against a running daemon: its stdout,
+/// or its stderr as the error.
+pub fn vipgate_cli(socket: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("vipgate cli");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
