@@ -527,6 +527,10 @@ mod tests {
         let new = command("exit 0", false);
         let mut other = new.clone();
         other.rise = 5;
+        // Its first check waits, so the status read right after replace()
+        // sees it fresh even on a busy machine (a 50 ms command check could
+        // otherwise finish in between).
+        other.startup_delay = Duration::from_millis(500);
         checker.replace(vec![down, other, up]).unwrap();
         let status = checker.status();
         assert_eq!(status.len(), 3);
