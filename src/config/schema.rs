@@ -18,11 +18,13 @@ use super::tree::{Span, Table};
 
 mod bgp;
 mod health;
+mod setting;
 mod vrrp;
 
 pub(crate) use bgp::{AnnounceDraft, BgpDraft, BgpPeerDraft, Families};
 pub(crate) use health::{CheckSettings, ServiceHealthDraft};
-pub(crate) use vrrp::{Setting, SyncGroupDraft, VrrpDraft, VrrpInstanceDraft};
+pub(crate) use setting::Setting;
+pub(crate) use vrrp::{SyncGroupDraft, VrrpDraft, VrrpInstanceDraft};
 
 const ROOT_KEYS: &[&str] = &[
     "node",

@@ -240,7 +240,9 @@ mod tests {
             .map(|e| (e["seq"].as_u64().unwrap(), e["n"].as_u64().unwrap()))
             .collect();
         assert_eq!(kept, [(2, 2), (3, 3)], "the oldest goes when full");
-        assert!(all.iter().all(|e| e["unix_ms"].as_u64().is_some_and(|t| t > 0)));
+        assert!(all
+            .iter()
+            .all(|e| e["unix_ms"].as_u64().is_some_and(|t| t > 0)));
         assert_eq!(ring.after(2).len(), 1);
         assert!(ring.after(3).is_empty());
     }
