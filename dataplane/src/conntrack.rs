@@ -57,7 +57,14 @@
 //! the second one. UDP flows have the single state [`ConnState::Udp`].
 //!
 //! Every packet of a connection ([`ConnTable::on_packet`]) restarts its
-//! timer with the timeout of its (new) state. SYN_SENT and SYN_RECV default
+//! timer with the timeout of its (new) state, with one economy: a packet
+//! that leaves the state as it was moves the deadline only when that pushes
+//! it out by more than the state's refresh step, min(1 s, timeout / 16)
+//! (nf_conntrack skips refreshes under a second the same way). A busy
+//! connection's packets then write nothing but their own entry: no list
+//! links of neighbouring entries, which are foreign cache lines. The price:
+//! a connection is due between `timeout - step` and `timeout` after its
+//! last packet (at most 1 s early on the default timeouts). SYN_SENT and SYN_RECV default
 //! to 30 s: shorter than IPVS (120 s / 60 s) so that a SYN flood ages out
 //! quickly, longer than DPVS (3 s / 30 s) so that a client's SYN
 //! retransmits (1, 3, 7, 15 s on Linux) and a slow backend still make it.
@@ -69,8 +76,9 @@
 //! goes backwards (a smaller `now` counts as the largest seen), so each list
 //! is sorted by deadline: a packet moves its entry to the tail of its
 //! state's list, and [`ConnTable::expire`] pops heads while they are due.
-//! No scans; O(1) per packet and per expired entry. A connection is due at
-//! exactly `last packet + timeout`, and stays usable until `expire` (or an
+//! (A packet that skips its refresh leaves the entry where it is, with the
+//! deadline it had: the list stays sorted.) No scans; O(1) per packet and
+//! per expired entry. A due connection stays usable until `expire` (or an
 //! insert that needs room or its reply key) reaps it: a late packet
 //! revives it.
 //!
@@ -131,6 +139,11 @@ pub const MAX_TIMEOUT: Duration = Duration::from_millis(1 << 30);
 
 /// "No entry" in list links.
 const NIL: u32 = u32::MAX;
+
+/// A same-state packet's refresh step is the timeout divided by this...
+const REFRESH_FRACTION: u32 = 16;
+/// ...and at most this many ms (nf_conntrack's step is one second too).
+const MAX_REFRESH_MS: u32 = 1_000;
 
 /// Slots per entry in each of the two indexes (load factor 1/2).
 const SLOTS_PER_ENTRY: usize = 2;
@@ -520,6 +533,9 @@ pub struct ConnTable {
     hasher: KeyHasher,
     timeouts: Timeouts,
     timeouts_ms: [u32; ConnState::COUNT],
+    /// Per state: a same-state packet moves the deadline only by more
+    /// than this (ms); see "Timeouts" in the module documentation.
+    refresh_ms: [u32; ConnState::COUNT],
     lists: [List; ConnState::COUNT],
     free_head: u32,
     live: u32,
@@ -544,13 +560,15 @@ impl ConnTable {
             // Fits: capacity <= 2^24.
             e.next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
         }
+        let timeouts_ms = config.timeouts.to_millis()?;
         Ok(ConnTable {
             entries,
             forward: Index::new(capacity),
             reply: Index::new(capacity),
             hasher: KeyHasher::new(config.hash_seed),
             timeouts: config.timeouts,
-            timeouts_ms: config.timeouts.to_millis()?,
+            timeouts_ms,
+            refresh_ms: timeouts_ms.map(|t| (t / REFRESH_FRACTION).min(MAX_REFRESH_MS)),
             lists: [List::EMPTY; ConnState::COUNT],
             free_head: 0,
             live: 0,
@@ -907,12 +925,23 @@ impl ConnTable {
     }
 
     /// Restarts entry `i`'s timer in state `to` and moves it to the tail of
-    /// that state's list (nothing to move if it is already there).
+    /// that state's list (nothing to move if it is already there). In the
+    /// same state, a restart by no more than the refresh step is skipped.
     #[inline]
     fn requeue(&mut self, i: u32, from: ConnState, to: ConnState, now: u32) {
-        self.entries[i as usize].deadline = now.wrapping_add(self.timeouts_ms[to as usize]);
-        if from == to && self.lists[to as usize].tail == i {
-            return;
+        let deadline = now.wrapping_add(self.timeouts_ms[to as usize]);
+        let entry = &mut self.entries[i as usize];
+        if from == to {
+            // `now` never goes backwards, so the deadline only grows.
+            if deadline.wrapping_sub(entry.deadline) <= self.refresh_ms[to as usize] {
+                return;
+            }
+            entry.deadline = deadline;
+            if self.lists[to as usize].tail == i {
+                return;
+            }
+        } else {
+            entry.deadline = deadline;
         }
         self.unlink(from, i);
         self.push_tail(to, i);
@@ -1728,6 +1757,57 @@ mod tests {
         }
     }
 
+    /// A packet that keeps the state restarts the timer only when that
+    /// moves the deadline by more than the refresh step, min(1 s,
+    /// timeout / 16); and leaves the list order alone when it does not.
+    #[test]
+    fn same_state_packets_refresh_in_steps() {
+        let mut t = table(8);
+        let (a, b) = (udp(1), udp(2));
+        let ia = t.insert(&a, 53, 1, 0).expect("room").id;
+        t.insert(&b, 53, 2, 10).expect("room");
+        // UDP: 300 s timeout, step 1 s. Within the step: no restart, and
+        // `a` stays ahead of `b`.
+        t.on_packet(ia, Forward, TcpFlags::NONE, 1_000)
+            .expect("live");
+        assert_eq!(
+            t.status(ia, 1_000).map(|s| s.remaining),
+            Some(Duration::from_secs(299))
+        );
+        let mut order = Vec::new();
+        assert_eq!(t.expire(300_010, 10, |r| order.push(r.backend)), 2);
+        assert_eq!(order, [1, 2]);
+        // Past the step: restarted, and now behind `b`.
+        let ia = t.insert(&a, 53, 1, 300_010).expect("room").id;
+        let ib = t.insert(&b, 53, 2, 300_020).expect("room").id;
+        t.on_packet(ia, Forward, TcpFlags::NONE, 301_011)
+            .expect("live");
+        assert_eq!(t.expire(600_020, 10, |_| {}), 1);
+        assert!(t.status(ib, 600_020).is_none());
+        assert_eq!(t.expire(601_010, 10, |_| {}), 0);
+        assert_eq!(t.expire(601_011, 10, |_| {}), 1);
+        // A short timeout has a short step: CLOSE (8 s here) moves on any
+        // packet more than 500 ms later.
+        let mut t = ConnTable::new(&ConnTableConfig {
+            timeouts: distinct_timeouts(),
+            ..config(8)
+        })
+        .expect("valid");
+        let id = t.insert(&tcp(1), 80, 7, 0).expect("room").id;
+        t.on_packet(id, Forward, TcpFlags::RST, 0).expect("live");
+        t.on_packet(id, Forward, TcpFlags::RST, 500).expect("live");
+        assert_eq!(t.expire(7_999, 10, |_| {}), 0);
+        assert_eq!(t.expire(8_000, 10, |_| {}), 1);
+        let id = t.insert(&tcp(1), 80, 7, 8_000).expect("room").id;
+        t.on_packet(id, Forward, TcpFlags::RST, 8_000)
+            .expect("live");
+        t.on_packet(id, Forward, TcpFlags::RST, 8_501)
+            .expect("live");
+        assert_eq!(t.expire(16_500, 10, |_| {}), 0);
+        assert_eq!(t.expire(16_501, 10, |_| {}), 1);
+        assert_consistent(&t);
+    }
+
     #[test]
     fn a_state_change_restarts_the_timer_with_the_new_timeout() {
         let mut t = ConnTable::new(&ConnTableConfig {
@@ -1751,14 +1831,15 @@ mod tests {
         let ids: Vec<ConnId> = (0..10)
             .map(|n| t.insert(&udp(n), 53, n, n as u64).expect("room").id)
             .collect();
-        // Refresh the first three: they become the last to expire.
+        // Refresh the first three (past the 1 s refresh step): they become
+        // the last to expire.
         for (k, &id) in ids[..3].iter().enumerate() {
-            t.on_packet(id, Forward, TcpFlags::NONE, 20 + k as u64)
+            t.on_packet(id, Forward, TcpFlags::NONE, 2_000 + k as u64)
                 .expect("live");
         }
         let udp_ms = 300_000;
         let mut order = Vec::new();
-        let now = udp_ms + 100;
+        let now = udp_ms + 3_000;
         assert_eq!(t.expire(now, 4, |r| order.push(r.backend)), 4);
         assert_eq!(t.len(), 6);
         assert_eq!(t.expire(now, 0, |r| order.push(r.backend)), 0);
@@ -1953,12 +2034,13 @@ mod tests {
     fn embryonic_and_udp_go_last_least_recent_first() {
         use Phase::*;
         let (mut t, ids) = full_table(&[Udp, Established, SynRecv, SynSent]);
-        // Seen again: the UDP flow is now the most recent.
-        t.on_packet(ids[0], Forward, TcpFlags::NONE, 5)
+        // Seen again past its refresh step (1 s for UDP's 300 s): the UDP
+        // flow is now the most recent.
+        t.on_packet(ids[0], Forward, TcpFlags::NONE, 1_005)
             .expect("live");
         let mut got = Vec::new();
         for n in 0..3 {
-            let ins = t.insert(&tcp(1_000 + n), 80, 1_000 + n, 10 + u64::from(n));
+            let ins = t.insert(&tcp(1_000 + n), 80, 1_000 + n, 1_010 + u64::from(n));
             got.push(ins.expect("room").released.expect("full"));
         }
         let what: Vec<_> = got.iter().map(|r| (r.state, r.reason)).collect();
@@ -1972,7 +2054,7 @@ mod tests {
             ]
         );
         // The new SYN_SENT ones are now the only candidates: the oldest goes.
-        let r = t.insert(&tcp(2_000), 80, 2_000, 20).expect("room");
+        let r = t.insert(&tcp(2_000), 80, 2_000, 1_020).expect("room");
         let r = r.released.expect("full");
         assert_eq!((r.backend, r.state), (1_000, ConnState::SynSent));
         let c = t.counters();
@@ -2625,8 +2707,14 @@ mod tests {
                         to: to.0
                     }
                 );
+                // The refresh step: a same-state packet within it leaves
+                // the timer (and the LRU position) alone.
+                let timeout = model_timeouts().get(to.0).as_millis() as u64;
+                let refresh = (timeout / 16).min(1_000);
+                if to.0 != c.state.0 || m.now - c.last_seen > refresh {
+                    c.last_seen = m.now;
+                }
                 c.state = to;
-                c.last_seen = m.now;
             }
             Op::Remove { pick } => {
                 let keys = m.sorted_keys();
