@@ -306,11 +306,11 @@ impl Pipeline {
     }
 
     /// Queues gratuitous ARP and unsolicited neighbour advertisements for
-    /// every VIP on every link it is answered on, if the VIP set changed
-    /// since the last announcement. Returns whether it queued any.
+    /// every VIP to announce on every link it is answered on, if that set
+    /// changed since the last announcement. Returns whether it queued any.
     pub fn announce_if_changed(&mut self, svc: &ServiceSnapshot) -> bool {
         let mut h = FxHasher::default();
-        for v in &svc.vips {
+        for v in svc.vips.iter().filter(|v| v.announce) {
             h.write(&Addr16::from_ip(v.addr).0);
             for i in &v.ifindexes {
                 h.write_u32(*i);
@@ -326,10 +326,10 @@ impl Pipeline {
         self.built.frames.len() > before
     }
 
-    /// Queues gratuitous ARP / unsolicited NA for every VIP (used at start
-    /// and when a VIP moves to this node).
+    /// Queues gratuitous ARP / unsolicited NA for every VIP to announce
+    /// ([`crate::snapshot::Vip::announce`]).
     pub fn announce(&mut self, svc: &ServiceSnapshot) {
-        for vip in &svc.vips {
+        for vip in svc.vips.iter().filter(|v| v.announce) {
             for ifindex in &vip.ifindexes {
                 let Some(iface) = svc.interface(*ifindex) else {
                     continue;

@@ -111,11 +111,13 @@ fn services_answered_on(links: &[u32]) -> ServiceSnapshot {
     let vips = vec![
         Vip {
             mac: None,
+            announce: true,
             addr: ip(VIP4),
             ifindexes: links.to_vec(),
         },
         Vip {
             mac: None,
+            announce: true,
             addr: ip(VIP6),
             ifindexes: links.to_vec(),
         },
@@ -926,6 +928,35 @@ fn announce_sends_garp_and_unsolicited_na_once_per_vip_set() {
     assert_eq!(na.l4[0], 136);
     b.p.clear_built();
     assert!(!b.p.announce_if_changed(&b.svc));
+}
+
+/// A VIP its VRRP instance announces is left out (no duplicate GARPs),
+/// and its coming and going does not re-announce the others.
+#[test]
+fn vips_announced_elsewhere_are_left_out() {
+    let mut b = Bench::new();
+    assert!(b.p.announce_if_changed(&b.svc));
+    b.p.clear_built();
+    let old = std::mem::take(&mut b.svc);
+    let mut vips = old.vips.clone();
+    vips.push(Vip {
+        mac: None,
+        addr: ip("198.18.10.11"),
+        ifindexes: vec![CLIENT_IF],
+        announce: false,
+    });
+    b.svc = ServiceSnapshot::new(2, old.services, vips, old.interfaces.clone(), vec![]);
+    assert!(!b.p.announce_if_changed(&b.svc));
+    assert!(b.p.built_frames().is_empty());
+    let mut vips = b.svc.vips.clone();
+    vips[0].announce = false;
+    let old = std::mem::take(&mut b.svc);
+    b.svc = ServiceSnapshot::new(3, old.services, vips, old.interfaces.clone(), vec![]);
+    // Only the IPv6 VIP is left to announce: one NA.
+    assert!(b.p.announce_if_changed(&b.svc));
+    let built = b.p.built_frames();
+    assert_eq!(built.len(), 1);
+    assert_eq!(parse_out(built[0].1).l4[0], 136);
 }
 
 /// An ICMP error quoting `inner` (an IP packet), sent from `src` to `dst`.

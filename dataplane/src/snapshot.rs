@@ -115,6 +115,10 @@ pub struct Vip {
     /// The MAC it is answered with and announced from: a VRRP virtual MAC
     /// (RFC 5798 section 7.3), or `None` for the link's own.
     pub mac: Option<[u8; 6]>,
+    /// Worker 0 announces it (gratuitous ARP / unsolicited NA) when the VIP
+    /// set changes. `false` for a VRRP instance's VIPs: the instance
+    /// announces them itself, with its own repeat, delay and refresh.
+    pub announce: bool,
 }
 
 /// Where a backend reply comes from: which backend id and which service.
@@ -707,6 +711,7 @@ mod tests {
             ],
             vec![Vip {
                 mac: None,
+                announce: true,
                 addr: "198.18.10.11".parse().unwrap(),
                 ifindexes: Vec::new(),
             }],

@@ -314,6 +314,7 @@ fn answered_vips(
             addr,
             ifindexes,
             mac,
+            announce: !vrrp_links.contains_key(&addr),
         });
     }
     vips

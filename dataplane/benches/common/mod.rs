@@ -73,6 +73,7 @@ pub fn services(kind: SchedulerKind) -> ServiceSnapshot {
     };
     let vips = vec![Vip {
         mac: None,
+        announce: true,
         addr: IpAddr::V4(VIP),
         ifindexes: vec![CLIENT_IF],
     }];
