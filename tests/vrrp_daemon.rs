@@ -410,4 +410,33 @@ virtual_mac = true
         neigh.contains("00:00:5e:00:01:33"),
         "client learnt {neigh:?} for the VIP, not the VRRP virtual MAC"
     );
+    // The periodic adverts leave from the virtual MAC too (RFC 5798
+    // section 7.3), well-formed as tshark reads them.
+    let adverts = Command::new("timeout")
+        .args([
+            "10", "ip", "netns", "exec", &cli, "tshark", "-i", "t1", "-c", "3",
+        ])
+        .args([
+            "-a",
+            "duration:5",
+            "-f",
+            "ip proto 112",
+            "-o",
+            "ip.check_checksum:TRUE",
+        ])
+        .args(["-T", "fields", "-e", "eth.src", "-e", "vrrp.virt_rtr_id"])
+        .args(["-e", "ip.checksum.status", "-e", "vrrp.checksum.status"])
+        .output()
+        .expect("tshark");
+    let adverts = String::from_utf8_lossy(&adverts.stdout);
+    let lines: Vec<&str> = adverts.lines().collect();
+    assert!(!lines.is_empty(), "no adverts seen on the client's link");
+    for line in lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(
+            fields,
+            ["00:00:5e:00:01:33", "51", "1", "1"],
+            "advert source MAC, VRID, IP and VRRP checksum status (1 = good)"
+        );
+    }
 }

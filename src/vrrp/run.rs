@@ -60,6 +60,8 @@ pub struct Planned {
     /// Source MAC of the announcements: the virtual MAC with
     /// `virtual_mac = true`, else the link's.
     pub mac: [u8; 6],
+    /// `virtual_mac = true`: multicast adverts leave from `mac` too.
+    pub virtual_mac: bool,
     pub mode: VipMode,
     pub checksum: ChecksumMode,
     pub tracks: Vec<(TrackKey, i32)>,
@@ -183,6 +185,7 @@ pub fn plan(config: &Config, links: &[Link], addrs: &[Addr]) -> Result<Plan> {
             ifindex: link.index,
             ifname: link.name.clone(),
             mac: announce::claimed_mac(c).unwrap_or(link.mac),
+            virtual_mac: announce::claimed_mac(c).is_some(),
             mode: c.vip_mode,
             checksum: match c.checksum {
                 VrrpChecksum::PseudoHeader => ChecksumMode::PseudoHeader,
@@ -632,15 +635,33 @@ impl Runner {
         } else {
             p.cfg.unicast_peers.clone()
         };
+        // With a virtual MAC, multicast adverts leave from it (RFC 5798
+        // section 7.3) as whole frames; everything else through the kernel.
+        let vmac = self
+            .io
+            .packet
+            .get(&p.ifindex)
+            .filter(|_| p.virtual_mac)
+            .map(|sender| (p.mac, sender));
         let mut buf = [0u8; wire::MAX_LEN];
+        let mut frame = [0u8; announce::MAX_ADVERT_FRAME];
         for dst in dsts {
-            match wire::emit(advert, p.cfg.primary, dst, p.checksum, &mut buf) {
-                Ok(n) => {
-                    if let Err(e) = sock.send(dst, &buf[..n]) {
-                        debug!(instance = %p.cfg.name, %dst, error = %e, "VRRP: sending an advert failed");
-                    }
+            let n = match wire::emit(advert, p.cfg.primary, dst, p.checksum, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(instance = %p.cfg.name, error = %e, "VRRP: cannot encode advert");
+                    continue;
                 }
-                Err(e) => warn!(instance = %p.cfg.name, error = %e, "VRRP: cannot encode advert"),
+            };
+            let sent = match vmac.and_then(|(mac, sender)| {
+                let len = announce::advert_frame(&mut frame, mac, p.cfg.primary, dst, &buf[..n])?;
+                Some((sender, len))
+            }) {
+                Some((sender, len)) => sender.send(&frame[..len]),
+                None => sock.send(dst, &buf[..n]),
+            };
+            if let Err(e) = sent {
+                debug!(instance = %p.cfg.name, %dst, error = %e, "VRRP: sending an advert failed");
             }
         }
     }
