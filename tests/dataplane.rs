@@ -538,6 +538,13 @@ fn two_workers_every_reply_finds_its_connection() {
         0,
         "no_connection drops"
     );
+    // A client packet on the wrong worker would be picked up mid-flow
+    // (Maglev) instead of dropped: none may be.
+    assert_eq!(
+        total(&status, "counters", "conn_picked_up"),
+        0,
+        "connections picked up mid-flow (a worker saw a flow it did not open)"
+    );
 }
 
 #[test]

@@ -124,6 +124,14 @@ fn ecmp_scenario(router: &str, tag: &str) {
     // once (well under the hold time), gw-b's flows lose nothing.
     assert!(num(&stdout, "kill", "fib_ms") < 2_000, "{all}");
     assert_eq!(num(&stdout, "kill", "lost_gwb"), 0, "{all}");
+    // TCP connections gw-a carried go on through gw-b, which picks them up
+    // mid-flow on the same backends.
+    assert!(num(&stdout, "kill_tcp", "through_gwa") > 0, "{all}");
+    assert_eq!(num(&stdout, "kill_tcp", "failed"), 0, "{all}");
+    assert!(
+        num(&stdout, "kill_tcp", "picked_up") >= num(&stdout, "kill_tcp", "through_gwa"),
+        "{all}"
+    );
     assert!(out.status.success(), "{all}");
     assert!(stdout.contains(&format!("lab {name}: PASS")), "{all}");
 }

@@ -43,11 +43,21 @@
 //! | (insert)    | client's SYN                 | SYN_SENT    |
 //! | SYN_SENT    | reply SYN+ACK                | SYN_RECV    |
 //! | SYN_RECV    | forward ACK                  | ESTABLISHED |
+//! | (insert mid-flow) | client's ACK           | SYN_RECV (picked up) |
+//! | SYN_RECV (picked up) | reply ACK             | ESTABLISHED |
+//! | SYN_RECV (picked up) | reply FIN             | FIN_WAIT (backend) |
 //! | SYN_RECV, ESTABLISHED | FIN from side X    | FIN_WAIT (X)|
 //! | FIN_WAIT (X)| ACK from the other side      | CLOSE_WAIT (X) |
 //! | FIN_WAIT, CLOSE_WAIT (X) | FIN from the other side | LAST_ACK |
 //! | LAST_ACK    | ACK either way               | TIME_WAIT   |
 //! | TIME_WAIT, CLOSE | forward SYN (port reuse) | SYN_SENT   |
+//!
+//! A connection can also start mid-flow ([`ConnTable::insert_mid_flow`]):
+//! a client's ACK for a flow another node carried until an ECMP rehash or
+//! a failover. It counts as SYN_RECV (embryonic: short timeout, evictable,
+//! so an ACK flood costs no more than a SYN flood) until the backend shows
+//! that it knows the connection: its ACK makes it ESTABLISHED, its FIN
+//! FIN_WAIT. The client's packets alone never promote it.
 //!
 //! Everything else keeps the state and only refreshes the timer (SYN and
 //! SYN-ACK retransmits, data, a SYN in ESTABLISHED as IPVS ignores it). A
@@ -635,6 +645,38 @@ impl ConnTable {
         backend: u32,
         now: u64,
     ) -> Result<Inserted, Refused> {
+        let phase = match client.proto {
+            L4Proto::Tcp => Phase::SynSent,
+            L4Proto::Udp => Phase::Udp,
+        };
+        self.insert_in(phase, client, service, backend, now)
+    }
+
+    /// Adds a TCP connection for a client's packet in the middle of a flow
+    /// (see "TCP states" in the module documentation): SYN_RECV until the
+    /// backend answers. For UDP the same as [`ConnTable::insert`].
+    pub fn insert_mid_flow(
+        &mut self,
+        client: &ClientEndpoint,
+        service: u32,
+        backend: u32,
+        now: u64,
+    ) -> Result<Inserted, Refused> {
+        let phase = match client.proto {
+            L4Proto::Tcp => Phase::PickedUp,
+            L4Proto::Udp => Phase::Udp,
+        };
+        self.insert_in(phase, client, service, backend, now)
+    }
+
+    fn insert_in(
+        &mut self,
+        phase: Phase,
+        client: &ClientEndpoint,
+        service: u32,
+        backend: u32,
+        now: u64,
+    ) -> Result<Inserted, Refused> {
         let now = self.advance(now);
         let fh = self.hasher.hash(client, service);
         if let Some((_, i)) = self.find(Side::Forward, fh, client, service) {
@@ -645,10 +687,6 @@ impl ConnTable {
         let (i, evicted) = self.take_free(now)?;
         // At most one is set: a reaped holder leaves a free entry.
         let released = reaped.or(evicted);
-        let phase = match client.proto {
-            L4Proto::Tcp => Phase::SynSent,
-            L4Proto::Udp => Phase::Udp,
-        };
         let state = phase.state();
         self.entries[i as usize] = Entry {
             client: client.addr,
@@ -1011,6 +1049,8 @@ enum Side {
 enum Phase {
     SynSent,
     SynRecv,
+    /// Opened mid-flow; the backend has not answered yet.
+    PickedUp,
     Established,
     FinWaitByClient,
     FinWaitByBackend,
@@ -1026,7 +1066,7 @@ impl Phase {
     fn state(self) -> ConnState {
         match self {
             Phase::SynSent => ConnState::SynSent,
-            Phase::SynRecv => ConnState::SynRecv,
+            Phase::SynRecv | Phase::PickedUp => ConnState::SynRecv,
             Phase::Established => ConnState::Established,
             Phase::FinWaitByClient | Phase::FinWaitByBackend => ConnState::FinWait,
             Phase::CloseWaitByClient | Phase::CloseWaitByBackend => ConnState::CloseWait,
@@ -1068,7 +1108,9 @@ impl Phase {
         use Direction::{Forward, Reply};
         match (self, dir) {
             (Phase::SynRecv | Phase::Established, Forward) => Phase::FinWaitByClient,
-            (Phase::SynRecv | Phase::Established, Reply) => Phase::FinWaitByBackend,
+            (Phase::SynRecv | Phase::Established | Phase::PickedUp, Reply) => {
+                Phase::FinWaitByBackend
+            }
             (Phase::FinWaitByClient | Phase::CloseWaitByClient, Reply)
             | (Phase::FinWaitByBackend | Phase::CloseWaitByBackend, Forward) => Phase::LastAck,
             _ => self,
@@ -1078,7 +1120,7 @@ impl Phase {
     fn on_ack(self, dir: Direction) -> Phase {
         use Direction::{Forward, Reply};
         match (self, dir) {
-            (Phase::SynRecv, Forward) => Phase::Established,
+            (Phase::SynRecv, Forward) | (Phase::PickedUp, Reply) => Phase::Established,
             (Phase::FinWaitByClient, Reply) => Phase::CloseWaitByClient,
             (Phase::FinWaitByBackend, Forward) => Phase::CloseWaitByBackend,
             (Phase::LastAck, _) => Phase::TimeWait,
@@ -2061,6 +2103,57 @@ mod tests {
         assert_eq!(c.evicted_for(EvictReason::Embryonic), 3);
         assert_eq!(c.evicted_for(EvictReason::Udp), 1);
         assert_eq!(c.in_state(ConnState::Established), 1);
+        assert_consistent(&t);
+    }
+
+    /// A connection opened mid-flow stays embryonic whatever the client
+    /// sends, until the backend answers.
+    #[test]
+    fn a_mid_flow_connection_waits_for_the_backend() {
+        let state = |t: &ConnTable, id| t.status(id, 0).expect("live").state;
+        let mut t = table(8);
+        let id = t.insert_mid_flow(&tcp(1), 80, 7, 0).expect("room").id;
+        assert_eq!(state(&t, id), ConnState::SynRecv);
+        for flags in [A, F | A, S, S | A, TcpFlags::NONE] {
+            t.on_packet(id, Forward, flags, 0).expect("live");
+            assert_eq!(state(&t, id), ConnState::SynRecv, "after {flags:?}");
+        }
+        t.on_packet(id, Reply, A, 0).expect("live");
+        assert_eq!(state(&t, id), ConnState::Established);
+
+        let id = t.insert_mid_flow(&tcp(2), 80, 7, 0).expect("room").id;
+        t.on_packet(id, Reply, F | A, 0).expect("live");
+        assert_eq!(state(&t, id), ConnState::FinWait);
+        t.on_packet(id, Forward, F | A, 0).expect("live");
+        assert_eq!(state(&t, id), ConnState::LastAck);
+
+        let id = t.insert_mid_flow(&tcp(3), 80, 7, 0).expect("room").id;
+        t.on_packet(id, Reply, R, 0).expect("live");
+        assert_eq!(state(&t, id), ConnState::Close);
+
+        let id = t.insert_mid_flow(&udp(4), 53, 7, 0).expect("room").id;
+        assert_eq!(state(&t, id), ConnState::Udp);
+        assert_consistent(&t);
+    }
+
+    /// Mid-flow connections are evicted like SYNs, never at the expense of
+    /// established ones.
+    #[test]
+    fn an_ack_flood_cannot_evict_established_connections() {
+        let mut t = table(4);
+        let est = t.insert(&tcp(0), 80, 0, 0).expect("room").id;
+        t.on_packet(est, Reply, syn_ack(), 0).expect("live");
+        t.on_packet(est, Forward, A, 0).expect("live");
+        for n in 1..100 {
+            let ins = t
+                .insert_mid_flow(&tcp(n), 80, n, u64::from(n))
+                .expect("room");
+            if let Some(r) = ins.released {
+                assert_eq!(r.reason, ReleaseReason::Evicted(EvictReason::Embryonic));
+            }
+        }
+        let found = t.lookup_forward(&tcp(0), 80).expect("established kept");
+        assert_eq!(found.id, est);
         assert_consistent(&t);
     }
 

@@ -114,6 +114,10 @@ pub enum Counter {
     IcmpErrorsTranslated,
     IcmpErrorsSent,
     ConnNew,
+    /// Connections opened mid-flow (a client's ACK with no entry, on a
+    /// Maglev or source-hash service): flows another node carried until an
+    /// ECMP rehash or a failover sent them here. Included in `conn_new`.
+    ConnPickedUp,
     ConnExpired,
     ConnEvicted,
     /// Current number of entries in the worker's table (a gauge).
@@ -136,7 +140,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Rx,
         Counter::Tx,
         Counter::Forwarded,
@@ -148,6 +152,7 @@ impl Counter {
         Counter::IcmpErrorsTranslated,
         Counter::IcmpErrorsSent,
         Counter::ConnNew,
+        Counter::ConnPickedUp,
         Counter::ConnExpired,
         Counter::ConnEvicted,
         Counter::ConnActive,
@@ -173,6 +178,7 @@ impl Counter {
             Counter::IcmpErrorsTranslated => "icmp_errors_translated",
             Counter::IcmpErrorsSent => "icmp_errors_sent",
             Counter::ConnNew => "conn_new",
+            Counter::ConnPickedUp => "conn_picked_up",
             Counter::ConnExpired => "conn_expired",
             Counter::ConnEvicted => "conn_evicted",
             Counter::ConnActive => "conn_active",

@@ -62,7 +62,7 @@ use crate::conntrack::{
 use crate::counters::{BackendGauges, Counter, DropReason, WorkerCounters};
 use crate::flow::{Addr16, FlowTuple, L4Proto};
 use crate::io::{RxMeta, Verdict};
-use crate::sched::SchedState;
+use crate::sched::{SchedState, SchedulerKind};
 use crate::snapshot::{
     Backend, FxHashMap, FxHasher, NextHop, NextHopMiss, NextHopSnapshot, ServiceSnapshot,
 };
@@ -646,14 +646,14 @@ impl Pipeline {
                 }
             },
             None => {
-                if l4.proto == L4Proto::Tcp && (l4.flags & 0x12) != 0x02 {
-                    // Only a SYN without ACK opens a connection.
-                    return Drop(DropReason::NoConnection);
-                }
+                let opening = match Opening::of(l4.proto, flags, service.scheduler) {
+                    Some(opening) => opening,
+                    None => return Drop(DropReason::NoConnection),
+                };
                 if !meta.csum_not_ready && !l4_checksum_ok(frame, ip, l4.proto) {
                     return Drop(DropReason::BadL4Checksum);
                 }
-                match self.open(now, service, client, ip.dst, l4.dst_port) {
+                match self.open(now, service, client, ip.dst, l4.dst_port, opening) {
                     Ok(b) => b,
                     Err(reason) => return Drop(reason),
                 }
@@ -684,6 +684,7 @@ impl Pipeline {
         client: ClientEndpoint,
         vip: Addr16,
         vip_port: u16,
+        opening: Opening,
     ) -> Result<&'s Backend, DropReason> {
         let flow = FlowTuple {
             client: client.addr,
@@ -693,7 +694,7 @@ impl Pipeline {
             proto: client.proto,
         };
         self.lc_scratch.clear();
-        if service.scheduler == crate::sched::SchedulerKind::Lc {
+        if service.scheduler == SchedulerKind::Lc {
             for b in &service.backends {
                 self.lc_scratch.push(self.active.get(b.id));
             }
@@ -708,7 +709,13 @@ impl Pipeline {
             .pick(state, &flow, &self.lc_scratch)
             .ok_or(DropReason::NoBackend)?;
         let backend = service.backends.get(index).ok_or(DropReason::NoBackend)?;
-        match self.conns.insert(&client, service.id, backend.id, now) {
+        let inserted = match opening {
+            Opening::First => self.conns.insert(&client, service.id, backend.id, now),
+            Opening::MidFlow => self
+                .conns
+                .insert_mid_flow(&client, service.id, backend.id, now),
+        };
+        match inserted {
             Ok(inserted) => {
                 if let Some(r) = inserted.released {
                     release(&self.active, &r);
@@ -720,6 +727,9 @@ impl Pipeline {
                 }
                 self.active.inc(backend.id);
                 self.counters.add(Counter::ConnNew, 1);
+                if opening == Opening::MidFlow {
+                    self.counters.add(Counter::ConnPickedUp, 1);
+                }
                 Ok(backend)
             }
             Err(Refused::TableFull) => Err(DropReason::TableFull),
@@ -1133,6 +1143,37 @@ fn may_concern_backend(svc: &ServiceSnapshot, protocol: IpProtocol) -> bool {
             protocol,
             IpProtocol::Tcp | IpProtocol::Udp | IpProtocol::Icmp | IpProtocol::Icmpv6
         )
+}
+
+/// How a client's packet without a connection entry opens one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// A TCP SYN (without ACK), or any UDP datagram.
+    First,
+    /// A TCP ACK in the middle of a flow that another node carried until an
+    /// ECMP rehash or a failover sent it here. Only for Maglev and
+    /// source-hash services: every node picks the backend the flow already
+    /// has (with the same backends), so the connection goes on; rr, wrr
+    /// and lc would pick some other backend, which could only reset it.
+    MidFlow,
+}
+
+impl Opening {
+    /// `None`: the packet opens nothing (a lone RST, a SYN+ACK, a segment
+    /// without ACK, or mid-flow on a scheduler that cannot pick it up).
+    fn of(proto: L4Proto, flags: TcpFlags, scheduler: SchedulerKind) -> Option<Opening> {
+        if proto == L4Proto::Udp {
+            return Some(Opening::First);
+        }
+        let syn = flags.contains(TcpFlags::SYN);
+        let ack = flags.contains(TcpFlags::ACK);
+        if syn && !ack {
+            return Some(Opening::First);
+        }
+        let consistent = matches!(scheduler, SchedulerKind::Maglev | SchedulerKind::Sh);
+        let mid_flow = ack && !syn && !flags.contains(TcpFlags::RST);
+        (mid_flow && consistent).then_some(Opening::MidFlow)
+    }
 }
 
 /// Drops `r`'s connection from the per-backend counts.

@@ -511,14 +511,72 @@ fn rr_spreads_udp_flows_over_all_backends() {
 }
 
 #[test]
-fn tcp_without_connection_needs_a_syn() {
+fn tcp_without_connection_needs_a_syn_or_an_ack() {
     let mut b = Bench::new();
-    for flags in [ACK, 0x04 /* RST */, SYN_ACK, 0x11 /* FIN+ACK */] {
+    let no_flags = 0;
+    for flags in [
+        0x04, /* RST */
+        0x14, /* RST+ACK */
+        SYN_ACK, 0x01, /* FIN */
+        no_flags,
+    ] {
         let (v, _) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 40001, VIP4, 80, flags, 64));
-        assert_eq!(v, Verdict::Drop);
+        assert_eq!(v, Verdict::Drop, "flags {flags:#x}");
     }
-    assert_eq!(b.drops(DropReason::NoConnection), 4);
+    assert_eq!(b.drops(DropReason::NoConnection), 5);
     assert_eq!(b.p.conns().len(), 0);
+}
+
+/// A client's ACK with no connection (its flow came from another node
+/// after an ECMP rehash or a failover) is picked up on a Maglev service:
+/// the same backend a SYN of that flow gets, so the connection goes on.
+#[test]
+fn mid_flow_acks_are_picked_up_on_the_backend_the_flow_has() {
+    for (port, flags) in (41000..41032).zip([ACK, 0x11 /* FIN+ACK */].into_iter().cycle()) {
+        let mut first = Bench::new();
+        let (_, out) = first.run(CLIENT_IF, tcp_frame(CLIENT4, port, VIP4, 80, SYN, 64));
+        let chosen = parse_out(&out).dport();
+        let mut other = Bench::new();
+        let (v, out) = other.run(CLIENT_IF, tcp_frame(CLIENT4, port, VIP4, 80, flags, 64));
+        assert_eq!(tx_on(v), BACKEND_IF);
+        assert_eq!(parse_out(&out).dport(), chosen, "client port {port}");
+        assert_eq!(other.count(Counter::ConnPickedUp), 1);
+        assert_eq!(other.count(Counter::ConnNew), 1);
+        // The backend's answer finds it and goes back from the VIP.
+        let reply = tcp_frame(BACKEND4, chosen, CLIENT4, port, ACK, 64);
+        let (v, out) = other.run(BACKEND_IF, from_backend(reply));
+        assert_eq!(tx_on(v), CLIENT_IF);
+        assert_eq!(parse_out(&out).src, ip(VIP4));
+    }
+}
+
+/// rr, wrr and lc would pick some other backend for a picked-up flow:
+/// there, only a SYN opens a connection.
+#[test]
+fn mid_flow_acks_are_dropped_on_non_consistent_schedulers() {
+    let mut b = Bench::new();
+    let old = std::mem::take(&mut b.svc);
+    let rr = service(
+        1,
+        "web",
+        VIP4,
+        80,
+        L4Proto::Tcp,
+        SchedulerKind::Rr,
+        BACKEND4,
+        0,
+    );
+    b.svc = ServiceSnapshot::new(
+        2,
+        vec![rr],
+        old.vips.clone(),
+        old.interfaces.clone(),
+        vec![],
+    );
+    let (v, _) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 40001, VIP4, 80, ACK, 64));
+    assert_eq!(v, Verdict::Drop);
+    assert_eq!(b.drops(DropReason::NoConnection), 1);
+    assert_eq!(b.count(Counter::ConnPickedUp), 0);
 }
 
 #[test]

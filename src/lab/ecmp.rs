@@ -36,7 +36,9 @@
 //! each while gw-a is (a) drained with `vipgate drain` (planned: nothing
 //! lost), (b) frozen with SIGSTOP (its flows are lost until the router's
 //! hold timer, 3 s, expires), (c) killed with SIGKILL (its flows are lost
-//! until the router sees the TCP session close).
+//! until the router sees the TCP session close; 16 kept-alive TCP
+//! connections opened before the kill must each answer one more request
+//! after it: gw-b picks up gw-a's mid-flow).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -691,6 +693,11 @@ impl EcmpLab {
 
     /// `conn_new` summed over `gw`'s workers (0 when it does not answer).
     fn conn_new(&self, gw: Gw) -> u64 {
+        self.counter(gw, "conn_new")
+    }
+
+    /// Counter `name` summed over `gw`'s workers (0 if it cannot tell).
+    fn counter(&self, gw: Gw, name: &str) -> u64 {
         let status = self
             .request(gw, &json!({"cmd": "status"}))
             .unwrap_or(Value::Null);
@@ -698,7 +705,7 @@ impl EcmpLab {
             .as_array()
             .map(|ws| {
                 ws.iter()
-                    .map(|w| w["counters"]["conn_new"].as_u64().unwrap_or(0))
+                    .map(|w| w["counters"][name].as_u64().unwrap_or(0))
                     .sum()
             })
             .unwrap_or(0)
@@ -1460,6 +1467,8 @@ fn freeze_phase(lab: &EcmpLab, ports: &[u16]) -> Result<Outcome> {
 /// (c) gw-a killed (SIGKILL): lost until the router sees the session close.
 fn kill_phase(lab: &EcmpLab, ports: &[u16]) -> Result<Outcome> {
     let mut p = Phase::start(lab, "kill", "(c) gw-a's daemon killed with SIGKILL", ports)?;
+    let mut tcp = KeptConnections::open(lab)?;
+    let picked_before = lab.counter(Gw::B, "conn_picked_up");
     let t = Instant::now();
     lab.kill(Gw::A);
     p.event(format!(
@@ -1468,7 +1477,131 @@ fn kill_phase(lab: &EcmpLab, ports: &[u16]) -> Result<Outcome> {
     ));
     p.wait_fib(&[Gw::B], t, "the SIGKILL", FIB_WAIT, true);
     sleep_unless_interrupted(SETTLE);
-    Ok(p.finish(false))
+    let tcp_ok = tcp.after_the_kill(lab, picked_before);
+    let mut outcome = p.finish(false);
+    outcome.ok &= tcp_ok;
+    Ok(outcome)
+}
+
+/// TCP connections opened before gw-a is killed, each kept alive with one
+/// HTTP/1.1 request before and one after: the ones gw-a carried must go on
+/// through gw-b, which has never seen their SYN (mid-flow pickup: Maglev
+/// gives gw-b the backend the flow already has).
+struct KeptConnections {
+    streams: Vec<std::net::TcpStream>,
+    /// Each connection's source port and the gateway it went through.
+    through: Vec<(u16, Option<Gw>)>,
+}
+
+/// TCP connections the kill phase keeps across the SIGKILL.
+const KEPT_CONNECTIONS: usize = 16;
+/// How long a request on a kept connection may take after the kill: TCP
+/// retransmits (1 s RTO at first) through the new path.
+const KEPT_ANSWER: Duration = Duration::from_secs(8);
+
+impl KeptConnections {
+    fn open(lab: &EcmpLab) -> Result<KeptConnections> {
+        let target = SocketAddr::from((VIP, 80));
+        let streams = lab.client.run(|| -> Result<Vec<std::net::TcpStream>> {
+            (0..KEPT_CONNECTIONS)
+                .map(|_| {
+                    let s = std::net::TcpStream::connect_timeout(&target, KEPT_ANSWER)
+                        .context("connecting to the VIP")?;
+                    s.set_read_timeout(Some(KEPT_ANSWER))?;
+                    s.set_write_timeout(Some(KEPT_ANSWER))?;
+                    keep_alive_request(&s).context("first request")?;
+                    Ok(s)
+                })
+                .collect()
+        })??;
+        let seen = Gw::BOTH.map(|g| lab.seen(g, "tcp"));
+        let through = streams
+            .iter()
+            .map(|s| {
+                let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+                let gw = Gw::BOTH
+                    .into_iter()
+                    .find(|g| seen[g.index()].contains(&port));
+                (port, gw)
+            })
+            .collect();
+        Ok(KeptConnections { streams, through })
+    }
+
+    /// One more request on every connection; prints and reports whether
+    /// all of them were answered.
+    fn after_the_kill(&mut self, lab: &EcmpLab, picked_before: u64) -> bool {
+        let on_a = self
+            .through
+            .iter()
+            .filter(|(_, g)| *g == Some(Gw::A))
+            .count();
+        let mut failed = Vec::new();
+        for (s, (port, _)) in self.streams.iter().zip(&self.through) {
+            if let Err(e) = keep_alive_request(s) {
+                failed.push(format!(":{port} ({e})"));
+            }
+        }
+        let picked = lab
+            .counter(Gw::B, "conn_picked_up")
+            .saturating_sub(picked_before);
+        println!(
+            "  TCP: {} connections open across the kill, {on_a} of them through gw-a; \
+             answered after it: {}; gw-b picked up {picked} mid-flow",
+            self.streams.len(),
+            self.streams.len() - failed.len()
+        );
+        if !failed.is_empty() {
+            println!(
+                "  TCP connections that did not go on: {}",
+                failed.join(", ")
+            );
+        }
+        // Every connection gw-a carried reached gw-b without a SYN.
+        let ok = failed.is_empty() && on_a > 0 && picked >= on_a as u64;
+        result_line(
+            "kill_tcp",
+            &[
+                ("connections", self.streams.len().to_string()),
+                ("through_gwa", on_a.to_string()),
+                ("failed", failed.len().to_string()),
+                ("picked_up", picked.to_string()),
+                ("ok", ok.to_string()),
+            ],
+        );
+        ok
+    }
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; reads the whole
+/// response (Content-Length framing, as `vipgate lab serve` sends).
+fn keep_alive_request(mut s: &std::net::TcpStream) -> Result<()> {
+    use std::io::{Read, Write};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("closed by the peer");
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length = text[..end]
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .context("response without Content-Length")?;
+        if !text.starts_with("HTTP/1.1 200") {
+            bail!("answer {:?}", text.lines().next().unwrap_or(""));
+        }
+        if got.len() >= end + 4 + length {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]
