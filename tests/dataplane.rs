@@ -911,6 +911,84 @@ fn shutdown_restores_the_system() {
     assert!(!nft_ruleset(&gw).contains("vipgate_"));
 }
 
+// ----------------------------------------------------------- rx ring
+
+/// The lab's services through the RX ring layout the lab config does not
+/// use by default: the lab daemon is replaced by one whose `[dataplane]`
+/// says `rx_ring = "v2"`.
+#[test]
+fn http_through_the_vip_with_the_v2_rx_ring() {
+    let Some(lab) = Lab::up("ring", 2) else {
+        return;
+    };
+    let pid = lab.daemon_pid();
+    terminate(pid);
+    assert!(wait_gone(pid), "the lab daemon outlived SIGTERM by 10 s");
+    let config = std::fs::read_to_string(lab.dir().join("lab.toml")).expect("lab config");
+    let config = config.replacen("[dataplane]\n", "[dataplane]\nrx_ring = \"v2\"\n", 1);
+    let path = lab.dir().join("rx-ring.toml");
+    std::fs::write(&path, config).expect("writing the config");
+    let _daemon = Daemon::start(&lab, &path);
+    let seen = in_ns(&lab.ns("cli"), || {
+        let mut seen = gets((VIP_V4, 80).into(), 60);
+        for (p, n) in gets((VIP_V6, 80).into(), 30) {
+            *seen.entry(p).or_insert(0) += n;
+        }
+        seen
+    });
+    assert_all_backends(&seen, "HTTP over both VIPs with rx_ring = \"v2\"");
+    let status = lab.status();
+    assert!(total(&status, "counters", "forwarded") >= 90, "{status}");
+    assert_eq!(total(&status, "drops", "reply_miss"), 0, "reply_miss drops");
+}
+
+/// `vipgate run --config` in the lab's gateway namespace; SIGTERM (then
+/// SIGKILL) on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(lab: &Lab, config: &std::path::Path) -> Daemon {
+        let log = std::fs::File::create(lab.dir().join("rx-ring.log")).expect("log file");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("gw"),
+                env!("CARGO_BIN_EXE_vipgate"),
+            ])
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the daemon");
+        // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+        let daemon = Daemon(child);
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            vipgate()
+                .args(["status", "--json", "--socket"])
+                .arg(lab.socket())
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        let log = std::fs::read_to_string(lab.dir().join("rx-ring.log")).unwrap_or_default();
+        assert!(ready, "the daemon did not answer within 10 s:\n{log}");
+        daemon
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        terminate(self.0.id() as i32);
+        if !wait_gone(self.0.id() as i32) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 fn nft_ruleset(ns: &str) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "list", "ruleset"])

@@ -29,6 +29,7 @@
 //! [dataplane]                                    # optional section
 //! workers = 0                                    # 0 = one per online core
 //! io = "af_packet"                               # af_packet | memory
+//! rx_ring = "v3"                                 # v2: per frame | v3: blocks
 //! ring_block_size = 262144                       # power of two >= 4096
 //! ring_blocks = 64
 //! ring_frame_size = 2048                         # multiple of 16

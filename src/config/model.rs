@@ -92,15 +92,19 @@ pub struct DataplaneConfig {
 /// Packet I/O backend of the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IoBackend {
-    /// AF_PACKET TPACKET_V3 rings with fanout.
+    /// AF_PACKET RX rings (TPACKET_V2 or V3, `rx_ring`) with fanout.
     AfPacket,
     /// In-memory queues (tests and benchmarks; touches no link).
     Memory,
 }
 
-/// AF_PACKET TPACKET_V3 ring geometry (per ring).
+/// AF_PACKET RX ring layout and geometry (per ring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingConfig {
+    /// `rx_ring`: TPACKET_V2 (a frame is handed over as soon as it is
+    /// written) or TPACKET_V3 (blocks, handed over when full or after
+    /// `block_timeout`).
+    pub version: RxRing,
     /// Bytes per block: a power of two, at least 4096.
     pub block_size: u32,
     /// Blocks per ring, at least 1.
@@ -108,8 +112,15 @@ pub struct RingConfig {
     /// Bytes per frame slot: a multiple of 16, 128..=block_size.
     pub frame_size: u32,
     /// The kernel retires a partly filled block after this long (whole
-    /// milliseconds, at least 1ms).
+    /// milliseconds, at least 1ms). TPACKET_V3 only.
     pub block_timeout: Duration,
+}
+
+/// `rx_ring`: the AF_PACKET RX ring layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RxRing {
+    V2,
+    V3,
 }
 
 /// `[dataplane.timeouts]`: idle time after which a connection entry expires.
@@ -230,6 +241,7 @@ impl Default for DataplaneConfig {
 impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
+            version: RxRing::V3,
             block_size: 1 << 18,
             blocks: 64,
             frame_size: 2048,
@@ -334,6 +346,7 @@ named!(IoBackend, "io backend", [
     IoBackend::AfPacket => "af_packet",
     IoBackend::Memory => "memory",
 ], not_yet: &["af_xdp"]);
+named!(RxRing, "rx ring", [RxRing::V2 => "v2", RxRing::V3 => "v3"]);
 named!(Protocol, "protocol", [Protocol::Tcp => "tcp", Protocol::Udp => "udp"]);
 named!(Scheduler, "scheduler", [
     Scheduler::RoundRobin => "rr",

@@ -40,6 +40,7 @@ const INTERFACE_KEYS: &[&str] = &["name", "role"];
 const DATAPLANE_KEYS: &[&str] = &[
     "workers",
     "io",
+    "rx_ring",
     "ring_block_size",
     "ring_blocks",
     "ring_frame_size",
@@ -334,6 +335,9 @@ fn read_dataplane(root: &Section) -> DataplaneConfig {
 }
 
 fn read_ring(s: &Section, ring: &mut RingConfig) {
+    if let Some(v) = s.choice("rx_ring") {
+        ring.version = v.value;
+    }
     let block = s.int_in(
         "ring_block_size",
         "262144",
@@ -740,5 +744,25 @@ mod tests {
         assert_eq!(next_prime(65_536), 65_537);
         assert_eq!(next_prime(0), 2);
         assert_eq!(next_prime(500), 503);
+    }
+
+    #[test]
+    fn rx_ring_is_read_and_unknown_layouts_are_named() {
+        let config = |ring: &str| {
+            format!(
+                "[node]\nname = \"gw\"\n[[interface]]\nname = \"eth0\"\n[dataplane]\n\
+                 rx_ring = \"{ring}\"\n[[service]]\nname = \"web\"\nvip = \"198.18.1.10\"\n\
+                 port = 80\n[[service.backend]]\naddress = \"198.18.2.2\"\n"
+            )
+        };
+        for (name, version) in [("v2", RxRing::V2), ("v3", RxRing::V3)] {
+            let parsed = crate::config::validate_str(&config(name), "t.toml", None);
+            assert_eq!(parsed.expect("valid").dataplane.ring.version, version);
+        }
+        let errors = crate::config::validate_str(&config("v4"), "t.toml", None).unwrap_err();
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["t.toml:6:11: dataplane.rx_ring: unknown rx ring \"v4\"; expected one of v2, v3 (did you mean \"v2\"?)"]
+        );
     }
 }

@@ -853,6 +853,10 @@ fn af_packet_config(
     cfg.ring.block_count = r.blocks;
     cfg.ring.frame_size = r.frame_size;
     cfg.ring.block_timeout = r.block_timeout;
+    cfg.rx_ring = match r.version {
+        config::RxRing::V2 => afpacket::RingVersion::V2,
+        config::RxRing::V3 => afpacket::RingVersion::V3,
+    };
     cfg
 }
 

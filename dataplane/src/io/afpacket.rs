@@ -1,21 +1,33 @@
 //! AF_PACKET packet I/O: [`AfPacket`], one worker's sockets.
 //!
 //! Owns, per (worker, interface): one `AF_PACKET`/`SOCK_RAW` socket bound to
-//! the interface with protocol `ETH_P_ALL`, its TPACKET_V3 RX ring (an
-//! `mmap`ed area of `block_count` blocks of `block_size` bytes), its socket
-//! filter, and its membership in the interface's fanout group. It must not
-//! touch the interface itself (links, offloads, addresses, qdiscs): that is
-//! the daemon's job. This is the only module of the crate with `unsafe`;
-//! every `unsafe` block states why it is sound.
+//! the interface with protocol `ETH_P_ALL`, its RX ring (an `mmap`ed area of
+//! `block_count` blocks of `block_size` bytes, laid out as TPACKET_V3 or
+//! TPACKET_V2, [`RingVersion`]), its socket filter, and its membership in
+//! the interface's fanout group. It must not touch the interface itself
+//! (links, offloads, addresses, qdiscs): that is the daemon's job. This is
+//! the only module of the crate with `unsafe`; every `unsafe` block states
+//! why it is sound.
 //!
 //! # Receive
-//! `poll_batch` waits in poll(2) over the worker's sockets (unless a block
-//! is already waiting), then walks every block the kernel has retired to
-//! user space (full, or older than the block retire timeout), at most one
-//! ring's worth per socket and poll. Each frame becomes an [`RxMeta`]
+//! The kernel hands the ring to user space one *slot* at a time, each with
+//! a status word: with TPACKET_V3 a slot is a block of many frames, handed
+//! over when full or older than the block retire timeout; with TPACKET_V2 a
+//! slot is one fixed-size frame, handed over as soon as it is written.
+//! `poll_batch` waits in poll(2) over the worker's sockets (unless a slot
+//! is already waiting), then walks the slots the kernel has handed over, in
+//! ring order: at most one ring's worth of blocks (V3) or [`RX_BATCH`]
+//! frames (V2) per socket and poll, so the worker gets back to its snapshot
+//! swaps and expiry between batches. Each frame becomes an [`RxMeta`]
 //! (`ifindex` of the socket's interface, `wire_len` = `tp_len`,
 //! `csum_not_ready` = `TP_STATUS_CSUMNOTREADY`) and a mutable slice of
 //! `tp_snaplen` bytes inside the ring, which the handler rewrites in place.
+//!
+//! V3 packs frames densely and wakes the worker once per block; V2 spends a
+//! whole `frame_size` slot per frame and the kernel signals the socket per
+//! frame (which only costs a wake-up while the worker sleeps in poll(2)).
+//! V3's price is latency at low rates: a frame waits up to the block
+//! timeout (at least 1 ms) in a block that does not fill.
 //!
 //! The socket filter (SO_ATTACH_FILTER, [`socket_filter_program`]) runs in
 //! the kernel before a frame is copied into the ring and
@@ -24,25 +36,27 @@
 //!   dataplane input (the walker skips any that still show up);
 //! - drops frames that carried an 802.1Q/802.1ad tag: the kernel strips the
 //!   tag before packet sockets see the frame, so such a frame would reach
-//!   the handler looking untagged, on the wrong network. A VLAN is served by
-//!   opening its VLAN interface, where frames arrive untagged;
+//!   the handler looking untagged, on the wrong network (the walker skips
+//!   any that still show up with `TP_STATUS_VLAN_VALID`). A VLAN is served
+//!   by opening its VLAN interface, where frames arrive untagged;
 //! - caps the copy at `frame_size - FRAME_HEADROOM` bytes ("snap length").
 //!
 //! TPACKET_V3 packs frames of any size into a block, so the snap length is
-//! what makes the frame size a bound: a frame longer than it (a GRO/LRO or
-//! TSO super-frame up to 64 KiB) is delivered truncated, with `wire_len`
+//! what makes the frame size a bound (V2 would cut a frame at its slot end
+//! too, a little later): a frame longer than it (a GRO/LRO or TSO
+//! super-frame up to 64 KiB) is delivered truncated, with `wire_len`
 //! showing its real length, and counted in `rx_truncated`; the pipeline
 //! drops it. The daemon turns GRO/LRO off on the links it serves.
 //!
 //! Kernel ring drops (`tp_drops`) are read with PACKET_STATISTICS when a
-//! retired block carries `TP_STATUS_LOSING`, every [`STATS_EVERY_POLLS`]
+//! slot handed over carries `TP_STATUS_LOSING`, every [`STATS_EVERY_POLLS`]
 //! polls, and on [`AfPacket::refresh_stats`]; they add to `rx_ring_drops`.
 //!
 //! # Transmit
 //! Frames with a `Tx` verdict are sent straight out of the RX ring with
-//! sendmmsg(2): one `iovec` per frame pointing into the ring block, one
+//! sendmmsg(2): one `iovec` per frame pointing into the ring slot, one
 //! `sendmmsg` per target socket per poll (or when [`TX_BATCH`] frames are
-//! queued), and the blocks go back to the kernel only after that. Chosen
+//! queued), and the slots go back to the kernel only after that. Chosen
 //! over a TX ring because the frame is already in memory the kernel can
 //! read: the kernel copies it once into a fresh skb, the same single copy a
 //! TX ring costs (user space copies RX ring -> TX ring, the kernel then
@@ -87,15 +101,20 @@ use super::{IoCounters, PacketIo, RxMeta, Verdict};
 
 /// Bytes of a ring frame slot used before the Ethernet header: the
 /// `tpacket3_hdr`, the `sockaddr_ll` after it, and the alignment the kernel
-/// adds so the network header lands on a 16-byte boundary.
+/// adds so the network header lands on a 16-byte boundary (V2's
+/// `tpacket2_hdr` needs 80; both versions use this one snap length).
 pub const FRAME_HEADROOM: u32 = 96;
+
+/// Frames of a TPACKET_V2 ring handed to the handler per socket and poll
+/// at most (they stay held until the poll's transmissions are flushed).
+pub const RX_BATCH: usize = 256;
 
 /// Frames queued for transmission on one socket before a `sendmmsg` is
 /// issued even though the poll is not over (the kernel caps one `sendmmsg`
 /// at 1024 messages).
 pub const TX_BATCH: usize = 512;
 
-/// Polls between two reads of PACKET_STATISTICS when no block reported
+/// Polls between two reads of PACKET_STATISTICS when no slot reported
 /// losses.
 pub const STATS_EVERY_POLLS: u32 = 256;
 
@@ -117,20 +136,52 @@ pub struct Interface {
     pub extra_macs: Vec<[u8; 6]>,
 }
 
-/// Geometry of one TPACKET_V3 RX ring.
+/// Layout of the RX ring, as set with PACKET_VERSION.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RingVersion {
+    /// TPACKET_V2: fixed `frame_size` slots, each handed to user space as
+    /// soon as the kernel has written it (per-frame `tp_status`). No
+    /// batching delay; a frame takes a whole slot.
+    V2,
+    /// TPACKET_V3: frames packed into blocks, a block handed over when full
+    /// or after `block_timeout`, which delays frames at low rates.
+    #[default]
+    V3,
+}
+
+impl RingVersion {
+    fn socket_option(self) -> libc::c_int {
+        let version = match self {
+            RingVersion::V2 => libc::tpacket_versions::TPACKET_V2,
+            RingVersion::V3 => libc::tpacket_versions::TPACKET_V3,
+        };
+        version as libc::c_int
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RingVersion::V2 => "TPACKET_V2",
+            RingVersion::V3 => "TPACKET_V3",
+        }
+    }
+}
+
+/// Geometry of one RX ring. A TPACKET_V2 ring of this geometry holds
+/// [`RingConfig::frame_count`] frame slots in the same bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingConfig {
-    /// Bytes per block; a multiple of the page size. The kernel hands the
-    /// ring to user space a block at a time.
+    /// Bytes per block; a multiple of the page size. A TPACKET_V3 ring is
+    /// handed to user space a block at a time; a V2 ring places
+    /// `block_size / frame_size` frame slots in each block.
     pub block_size: u32,
     /// Blocks per ring; the ring is `block_size * block_count` bytes.
     pub block_count: u32,
     /// Largest frame slot, a multiple of 16: frames longer than
     /// `frame_size - FRAME_HEADROOM` bytes are truncated (`rx_truncated`).
     pub frame_size: u32,
-    /// A block that is not full is retired to user space after this long
-    /// (millisecond resolution, at least 1 ms): the latency bound at low
-    /// rates.
+    /// TPACKET_V3: a block that is not full is retired to user space after
+    /// this long (millisecond resolution, at least 1 ms): the latency bound
+    /// at low rates. Unused by V2.
     pub block_timeout: Duration,
 }
 
@@ -153,6 +204,13 @@ impl RingConfig {
         self.frame_size.saturating_sub(FRAME_HEADROOM)
     }
 
+    /// Frame slots of a TPACKET_V2 ring: `block_size / frame_size` per
+    /// block (a block's tail shorter than a frame stays unused).
+    pub fn frame_count(&self) -> Option<u32> {
+        let per_block = self.block_size.checked_div(self.frame_size)?;
+        per_block.checked_mul(self.block_count)
+    }
+
     fn ring_bytes(&self) -> Option<usize> {
         usize::try_from(self.block_size)
             .ok()?
@@ -165,7 +223,7 @@ impl RingConfig {
             .max(1)
     }
 
-    fn check(&self, page_size: usize) -> io::Result<()> {
+    fn check(&self, version: RingVersion, page_size: usize) -> io::Result<()> {
         let page = u32::try_from(page_size).unwrap_or(4096);
         let problem = if self.block_size == 0 || !self.block_size.is_multiple_of(page) {
             format!(
@@ -185,12 +243,18 @@ impl RingConfig {
             )
         } else if self.block_count == 0 || self.ring_bytes().is_none() {
             format!("block_count {} is not usable", self.block_count)
+        } else if version == RingVersion::V2 && self.frame_count().is_none() {
+            format!(
+                "{} blocks of {} frames exceed 2^32 frame slots; use fewer or larger frames",
+                self.block_count,
+                self.block_size / self.frame_size
+            )
         } else {
             return Ok(());
         };
         Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("AF_PACKET ring: {problem}"),
+            format!("AF_PACKET {} ring: {problem}", version.name()),
         ))
     }
 }
@@ -208,6 +272,8 @@ pub struct AfPacketConfig {
     pub vips: Vec<IpAddr>,
     /// RX ring geometry, the same for every socket.
     pub ring: RingConfig,
+    /// RX ring layout, the same for every socket.
+    pub rx_ring: RingVersion,
     /// Immediate retries of a transmit batch refused with ENOBUFS/EAGAIN.
     pub tx_retries: u32,
 }
@@ -220,6 +286,7 @@ impl AfPacketConfig {
             fanout_group,
             vips,
             ring: RingConfig::default(),
+            rx_ring: RingVersion::default(),
             tx_retries: DEFAULT_TX_RETRIES,
         }
     }
@@ -271,12 +338,12 @@ impl AfPacket {
         if config.interfaces.is_empty() {
             return Err(invalid("AF_PACKET: no interface to open"));
         }
-        config.ring.check(page_size())?;
+        config.ring.check(config.rx_ring, page_size())?;
         let fanout = checked_program(fanout_program(&config.vips))?;
         let mut ports = Vec::with_capacity(config.interfaces.len());
         for (i, iface) in config.interfaces.iter().enumerate() {
             let group = config.fanout_group.wrapping_add(i as u16);
-            ports.push(open_port(iface, &config.ring, group, &fanout)?);
+            ports.push(open_port(iface, config, group, &fanout)?);
         }
         let ifindexes = ports.iter().map(|p| p.ifindex).collect();
         let tx = ports
@@ -347,7 +414,7 @@ impl AfPacket {
         &self.ifindexes
     }
 
-    fn any_block_ready(&self) -> bool {
+    fn any_slot_ready(&self) -> bool {
         self.ports.iter().any(|p| p.ring.next_ready())
     }
 
@@ -381,8 +448,8 @@ impl AfPacket {
         Ok(())
     }
 
-    /// Hand every frame of up to one ring's worth of retired blocks of port
-    /// `p` to `handler`; the blocks stay held until `release_blocks`.
+    /// Hand the frames of up to one batch of slots of port `p` to
+    /// `handler`; the slots stay held until `release_slots`.
     fn drain_port(
         &mut self,
         p: usize,
@@ -404,15 +471,13 @@ impl AfPacket {
             counters,
             retries: *tx_retries,
         };
-        let mut handed = 0;
-        for _ in 0..port.ring.block_count {
-            let Some(mut block) = port.ring.take_ready() else {
-                break;
-            };
-            *stats_due |= block.status() & libc::TP_STATUS_LOSING != 0;
-            handed += walk_block(&mut block, port.ifindex, handler, &mut outbox);
-        }
-        handed
+        drain_ring(
+            &mut port.ring,
+            port.ifindex,
+            handler,
+            &mut outbox,
+            stats_due,
+        )
     }
 
     fn flush_tx(&mut self) {
@@ -421,7 +486,7 @@ impl AfPacket {
         }
     }
 
-    fn release_blocks(&mut self) {
+    fn release_slots(&mut self) {
         for port in &mut self.ports {
             port.ring.release_held();
         }
@@ -456,9 +521,35 @@ impl Outbox<'_> {
     }
 }
 
-/// Hand each frame of `block` to `handler`; returns how many were handed.
+/// Take up to one batch of ready slots of `ring` and hand their frames to
+/// `handler`; returns how many were handed. Sets `stats_due` when the
+/// kernel marked a slot `TP_STATUS_LOSING`.
+fn drain_ring(
+    ring: &mut Ring,
+    ifindex: u32,
+    handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict,
+    outbox: &mut Outbox<'_>,
+    stats_due: &mut bool,
+) -> usize {
+    let version = ring.layout.version;
+    let mut handed = 0;
+    for _ in 0..ring.layout.batch() {
+        let Some((status, mut slot)) = ring.take_ready() else {
+            break;
+        };
+        *stats_due |= status & libc::TP_STATUS_LOSING != 0;
+        handed += match version {
+            RingVersion::V3 => walk_block(&mut slot, ifindex, handler, outbox),
+            RingVersion::V2 => walk_frame(&mut slot, ifindex, handler, outbox),
+        };
+    }
+    handed
+}
+
+/// Hand each frame of TPACKET_V3 `block` to `handler`; returns how many
+/// were handed.
 fn walk_block(
-    block: &mut Block<'_>,
+    block: &mut Slot<'_>,
     ifindex: u32,
     handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict,
     outbox: &mut Outbox<'_>,
@@ -475,31 +566,63 @@ fn walk_block(
             break;
         };
         at = hdr.next.and_then(|next| here.checked_add(next));
-        if hdr.pkttype == libc::PACKET_OUTGOING {
-            continue;
-        }
-        let Some(frame) = block.frame_mut(hdr.data_at, hdr.snap_len) else {
-            continue;
-        };
-        let meta = RxMeta {
-            ifindex,
-            wire_len: hdr.wire_len,
-            csum_not_ready: hdr.status & libc::TP_STATUS_CSUMNOTREADY != 0,
-        };
-        outbox.counters.rx_frames += 1;
-        if (hdr.snap_len as u64) < u64::from(hdr.wire_len) {
-            outbox.counters.rx_truncated += 1;
-        }
-        handed += 1;
-        if let Verdict::Tx { ifindex: out, len } = handler(&meta, frame) {
-            if len <= frame.len() {
-                outbox.queue(out, frame.as_mut_ptr(), len);
-            } else {
-                outbox.counters.tx_errors += 1;
-            }
-        }
+        handed += usize::from(hand_frame(block, &hdr, ifindex, handler, outbox));
     }
     handed
+}
+
+/// Hand the frame of TPACKET_V2 frame slot `slot` to `handler`; returns 1
+/// if it was handed.
+fn walk_frame(
+    slot: &mut Slot<'_>,
+    ifindex: u32,
+    handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict,
+    outbox: &mut Outbox<'_>,
+) -> usize {
+    match slot.v2_header() {
+        Some(hdr) if slot.holds(hdr.data_at, hdr.snap_len) => {
+            usize::from(hand_frame(slot, &hdr, ifindex, handler, outbox))
+        }
+        _ => {
+            // A header that breaks the TPACKET_V2 ABI: the frame is lost.
+            outbox.counters.rx_ring_drops += 1;
+            0
+        }
+    }
+}
+
+/// Hand the frame `hdr` describes to `handler` and queue its `Tx` verdict;
+/// false for frames that are not dataplane input (see the module doc).
+fn hand_frame(
+    slot: &mut Slot<'_>,
+    hdr: &FrameHeader,
+    ifindex: u32,
+    handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict,
+    outbox: &mut Outbox<'_>,
+) -> bool {
+    if hdr.pkttype == libc::PACKET_OUTGOING || hdr.status & libc::TP_STATUS_VLAN_VALID != 0 {
+        return false;
+    }
+    let Some(frame) = slot.frame_mut(hdr.data_at, hdr.snap_len) else {
+        return false;
+    };
+    let meta = RxMeta {
+        ifindex,
+        wire_len: hdr.wire_len,
+        csum_not_ready: hdr.status & libc::TP_STATUS_CSUMNOTREADY != 0,
+    };
+    outbox.counters.rx_frames += 1;
+    if (hdr.snap_len as u64) < u64::from(hdr.wire_len) {
+        outbox.counters.rx_truncated += 1;
+    }
+    if let Verdict::Tx { ifindex: out, len } = handler(&meta, frame) {
+        if len <= frame.len() {
+            outbox.queue(out, frame.as_mut_ptr(), len);
+        } else {
+            outbox.counters.tx_errors += 1;
+        }
+    }
+    true
 }
 
 impl PacketIo for AfPacket {
@@ -508,7 +631,7 @@ impl PacketIo for AfPacket {
         timeout: Duration,
         handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict,
     ) -> io::Result<usize> {
-        if !self.any_block_ready() {
+        if !self.any_slot_ready() {
             self.wait(timeout)?;
         }
         let n = self.ports.len();
@@ -517,9 +640,9 @@ impl PacketIo for AfPacket {
             handed += self.drain_port((self.next_port + k) % n, handler);
         }
         self.next_port = (self.next_port + 1) % n;
-        // Every queued iovec points into a held block: send, then release.
+        // Every queued iovec points into a held slot: send, then release.
         self.flush_tx();
-        self.release_blocks();
+        self.release_slots();
         self.maybe_read_stats();
         Ok(handed)
     }
@@ -576,7 +699,7 @@ impl FanoutHandle {
 
 fn open_port(
     iface: &Interface,
-    geometry: &RingConfig,
+    config: &AfPacketConfig,
     group: u16,
     fanout: &[libc::sock_filter],
 ) -> io::Result<Port> {
@@ -591,10 +714,20 @@ fn open_port(
     let fd = packet_socket().map_err(|e| err("socket(AF_PACKET)", e))?;
     let raw = fd.as_raw_fd();
     attach_filter(raw, &drop_all_program()).map_err(|e| err("setsockopt(SO_ATTACH_FILTER)", e))?;
-    let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
-    set_opt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &version)
-        .map_err(|e| err("setsockopt(PACKET_VERSION, TPACKET_V3)", e))?;
-    let ring = Ring::map(raw, geometry).map_err(|e| err("RX ring set-up", e))?;
+    let version = config.rx_ring;
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_VERSION,
+        &version.socket_option(),
+    )
+    .map_err(|e| {
+        err(
+            &format!("setsockopt(PACKET_VERSION, {})", version.name()),
+            e,
+        )
+    })?;
+    let ring = Ring::map(raw, &config.ring, version).map_err(|e| err("RX ring set-up", e))?;
     let bypass: libc::c_int = 1;
     set_opt(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &bypass)
         .map_err(|e| err("setsockopt(PACKET_QDISC_BYPASS)", e))?;
@@ -787,7 +920,7 @@ fn port_error(step: &str, name: &str, ifindex: u32, err: io::Error) -> io::Error
 }
 
 // ---------------------------------------------------------------------------
-// The TPACKET_V3 RX ring
+// The RX ring: TPACKET_V3 blocks or TPACKET_V2 frames
 
 // Offsets inside a block descriptor (`tpacket_block_desc` with its
 // `tpacket_hdr_v1`), checked against the libc definitions at compile time.
@@ -806,18 +939,93 @@ const PKT_SNAPLEN: usize = offset_of!(libc::tpacket3_hdr, tp_snaplen);
 const PKT_LEN: usize = offset_of!(libc::tpacket3_hdr, tp_len);
 const PKT_STATUS: usize = offset_of!(libc::tpacket3_hdr, tp_status);
 const PKT_MAC: usize = offset_of!(libc::tpacket3_hdr, tp_mac);
-const PKT_SLL: usize = (size_of::<libc::tpacket3_hdr>() + 15) & !15;
+const PKT_SLL: usize = tpacket_align(size_of::<libc::tpacket3_hdr>());
 const PKT_PKTTYPE: usize = PKT_SLL + offset_of!(libc::sockaddr_ll, sll_pkttype);
+
+// Offsets inside a `tpacket2_hdr` (at the start of its frame slot), and of
+// the `sockaddr_ll` after it.
+const V2_STATUS: usize = offset_of!(libc::tpacket2_hdr, tp_status);
+const V2_LEN: usize = offset_of!(libc::tpacket2_hdr, tp_len);
+const V2_SNAPLEN: usize = offset_of!(libc::tpacket2_hdr, tp_snaplen);
+const V2_MAC: usize = offset_of!(libc::tpacket2_hdr, tp_mac);
+const V2_SLL: usize = tpacket_align(size_of::<libc::tpacket2_hdr>());
+const V2_PKTTYPE: usize = V2_SLL + offset_of!(libc::sockaddr_ll, sll_pkttype);
+const _: () = assert!(V2_STATUS == 0 && V2_LEN == 4 && V2_SNAPLEN == 8 && V2_MAC == 12);
+const _: () = assert!(V2_SLL == 32 && V2_PKTTYPE == 42);
+const _: () = assert!(libc::TPACKET2_HDRLEN <= FRAME_HEADROOM as usize);
+
+/// `TPACKET_ALIGN` of if_packet.h.
+const fn tpacket_align(len: usize) -> usize {
+    (len + libc::TPACKET_ALIGNMENT - 1) & !(libc::TPACKET_ALIGNMENT - 1)
+}
+
+/// Where the slots of a ring lie. A slot is what the kernel hands to user
+/// space with one status word: a block (TPACKET_V3, one slot per block) or
+/// a frame (TPACKET_V2, `block_size / frame_size` slots per block, none
+/// crossing a block boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    version: RingVersion,
+    block_size: usize,
+    slot_size: usize,
+    slots_per_block: usize,
+    slot_count: usize,
+    /// Offset of the status word in a slot.
+    status_at: usize,
+}
+
+impl Layout {
+    /// The layout of a ring `config` passed [`RingConfig::check`] for.
+    fn of(config: &RingConfig, version: RingVersion) -> Layout {
+        let block_size = config.block_size as usize;
+        let block_count = config.block_count as usize;
+        match version {
+            RingVersion::V3 => Layout {
+                version,
+                block_size,
+                slot_size: block_size,
+                slots_per_block: 1,
+                slot_count: block_count,
+                status_at: BLOCK_STATUS,
+            },
+            RingVersion::V2 => {
+                let slots_per_block = block_size / config.frame_size as usize;
+                Layout {
+                    version,
+                    block_size,
+                    slot_size: config.frame_size as usize,
+                    slots_per_block,
+                    slot_count: slots_per_block * block_count,
+                    status_at: V2_STATUS,
+                }
+            }
+        }
+    }
+
+    /// Offset of slot `index` (< `slot_count`) from the ring start; the slot
+    /// ends at most at `block_size * block_count`.
+    fn slot_at(&self, index: usize) -> usize {
+        let (block, slot) = (index / self.slots_per_block, index % self.slots_per_block);
+        block * self.block_size + slot * self.slot_size
+    }
+
+    /// Slots handed to the handler per poll at most.
+    fn batch(&self) -> usize {
+        match self.version {
+            RingVersion::V3 => self.slot_count,
+            RingVersion::V2 => self.slot_count.min(RX_BATCH),
+        }
+    }
+}
 
 /// A mapped RX ring and the walk position in it.
 struct Ring {
     base: NonNull<u8>,
     len: usize,
-    block_size: usize,
-    block_count: usize,
-    /// Next block to look at.
+    layout: Layout,
+    /// Next slot to look at.
     next: usize,
-    /// Blocks taken from the kernel and not yet given back; they precede
+    /// Slots taken from the kernel and not yet given back; they precede
     /// `next`.
     held: usize,
 }
@@ -829,8 +1037,9 @@ struct MappedRing {
 }
 
 impl Ring {
-    /// Ask the kernel for a TPACKET_V3 RX ring on `fd` and map it.
-    fn map(fd: RawFd, config: &RingConfig) -> io::Result<MappedRing> {
+    /// Ask the kernel for an RX ring of `version` (already set with
+    /// PACKET_VERSION) on `fd` and map it.
+    fn map(fd: RawFd, config: &RingConfig, version: RingVersion) -> io::Result<MappedRing> {
         let frames_per_block = config.block_size / config.frame_size;
         let req = libc::tpacket_req3 {
             tp_block_size: config.block_size,
@@ -841,7 +1050,18 @@ impl Ring {
             tp_sizeof_priv: 0,
             tp_feature_req_word: 0,
         };
-        set_opt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+        match version {
+            RingVersion::V3 => set_opt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?,
+            RingVersion::V2 => {
+                let req = libc::tpacket_req {
+                    tp_block_size: req.tp_block_size,
+                    tp_block_nr: req.tp_block_nr,
+                    tp_frame_size: req.tp_frame_size,
+                    tp_frame_nr: req.tp_frame_nr,
+                };
+                set_opt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+            }
+        }
         let len = config
             .ring_bytes()
             .ok_or_else(|| invalid("AF_PACKET ring too large"))?;
@@ -855,69 +1075,75 @@ impl Ring {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(addr.cast::<u8>()).ok_or_else(|| invalid("mmap returned NULL"))?;
-        let ring = Ring {
-            base,
-            len,
-            block_size: config.block_size as usize,
-            block_count: config.block_count as usize,
-            next: 0,
-            held: 0,
-        };
         Ok(MappedRing {
-            ring,
+            ring: Ring::over(base, len, Layout::of(config, version)),
             snap_len: config.snap_len(),
         })
     }
 
-    /// The status word of block `index`, shared with the kernel.
-    fn status_word(&self, index: usize) -> &AtomicU32 {
-        debug_assert!(index < self.block_count);
-        // SAFETY: `index < block_count`, so the word lies inside the mapping,
-        // 4-byte aligned (blocks are page aligned). The kernel and we access
-        // it only atomically (smp_wmb/smp_rmb pairs on its side), and the
-        // mapping lives as long as `self`.
-        unsafe {
-            AtomicU32::from_ptr(
-                self.base
-                    .as_ptr()
-                    .add(index * self.block_size + BLOCK_STATUS)
-                    .cast(),
-            )
+    /// A ring over the mapping `base..base + len`, which it unmaps on drop;
+    /// `layout` must fit inside it.
+    fn over(base: NonNull<u8>, len: usize, layout: Layout) -> Ring {
+        Ring {
+            base,
+            len,
+            layout,
+            next: 0,
+            held: 0,
         }
+    }
+
+    /// The status word of slot `index`, shared with the kernel.
+    fn status_word(&self, index: usize) -> &AtomicU32 {
+        debug_assert!(index < self.layout.slot_count);
+        let at = self.layout.slot_at(index) + self.layout.status_at;
+        debug_assert!(at + 4 <= self.len);
+        // SAFETY: `index < slot_count`, so the word lies inside the mapping
+        // (`Layout::slot_at`), 4-byte aligned (blocks are page aligned,
+        // frame slots a multiple of 16 bytes, status words at offset 0 or
+        // 8). The kernel and we access it only atomically (smp_wmb/smp_rmb
+        // pairs on its side), and the mapping lives as long as `self`.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(at).cast()) }
     }
 
     fn next_ready(&self) -> bool {
-        self.held < self.block_count
+        self.held < self.layout.slot_count
             && self.status_word(self.next).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
 
-    /// The next block if the kernel has retired it to user space; it is then
-    /// held until `release_held`.
-    fn take_ready(&mut self) -> Option<Block<'_>> {
-        if !self.next_ready() {
+    /// The next slot and its status word if the kernel has handed it to
+    /// user space; it is then held until `release_held`.
+    fn take_ready(&mut self) -> Option<(u32, Slot<'_>)> {
+        if self.held == self.layout.slot_count {
+            return None;
+        }
+        let status = self.status_word(self.next).load(Ordering::Acquire);
+        if status & libc::TP_STATUS_USER == 0 {
             return None;
         }
         let index = self.next;
-        self.next = (self.next + 1) % self.block_count;
+        self.next = (self.next + 1) % self.layout.slot_count;
         self.held += 1;
-        // SAFETY: the block is inside the mapping; its status says the
-        // kernel has handed it to user space, and it will not write it until
-        // `release_held` stores TP_STATUS_KERNEL. `Block` borrows the ring
-        // mutably, so only one block view exists at a time.
-        let base = unsafe { self.base.as_ptr().add(index * self.block_size) };
-        Some(Block {
+        // SAFETY: the slot is inside the mapping; its status says the kernel
+        // has handed it to user space (the Acquire load above orders our
+        // reads after its writes), and it will not write it until
+        // `release_held` stores TP_STATUS_KERNEL. `Slot` borrows the ring
+        // mutably, so only one slot view exists at a time.
+        let base = unsafe { self.base.as_ptr().add(self.layout.slot_at(index)) };
+        let slot = Slot {
             base,
-            len: self.block_size,
+            len: self.layout.slot_size,
             _ring: std::marker::PhantomData,
-        })
+        };
+        Some((status, slot))
     }
 
-    /// Give every held block back to the kernel, oldest first.
+    /// Give every held slot back to the kernel, oldest first.
     fn release_held(&mut self) {
-        let first = (self.next + self.block_count - self.held) % self.block_count;
+        let count = self.layout.slot_count;
+        let first = (self.next + count - self.held) % count;
         for i in 0..self.held {
-            let index = (first + i) % self.block_count;
-            self.status_word(index)
+            self.status_word((first + i) % count)
                 .store(libc::TP_STATUS_KERNEL, Ordering::Release);
         }
         self.held = 0;
@@ -926,22 +1152,25 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly the mapping made in `map`, and no
-        // block view or queued iovec outlives the `&mut self` calls.
+        // SAFETY: `base`/`len` are exactly the mapping made in `map` (or by
+        // the caller of `over`), and no slot view or queued iovec outlives
+        // the `&mut self` calls.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
-/// A block user space owns (status TP_STATUS_USER), viewed as bytes.
-struct Block<'r> {
+/// A slot user space owns (status TP_STATUS_USER), viewed as bytes.
+struct Slot<'r> {
     base: *mut u8,
     len: usize,
     _ring: std::marker::PhantomData<&'r mut Ring>,
 }
 
-/// Fields of one `tpacket3_hdr`, with offsets relative to the block.
+/// Fields of one frame header (`tpacket3_hdr` or `tpacket2_hdr`), with
+/// offsets relative to the slot.
 struct FrameHeader {
-    /// Offset of the next header from this one; `None` for the last.
+    /// TPACKET_V3: offset of the next header from this one; `None` for the
+    /// last (and for V2).
     next: Option<usize>,
     data_at: usize,
     snap_len: usize,
@@ -950,12 +1179,12 @@ struct FrameHeader {
     pkttype: u8,
 }
 
-impl Block<'_> {
+impl Slot<'_> {
     fn read_u32(&self, at: usize) -> Option<u32> {
         if at.checked_add(4)? > self.len {
             return None;
         }
-        // SAFETY: `at + 4 <= len`, inside the block this view owns.
+        // SAFETY: `at + 4 <= len`, inside the slot this view owns.
         Some(unsafe { self.base.add(at).cast::<u32>().read_unaligned() })
     }
 
@@ -963,7 +1192,7 @@ impl Block<'_> {
         if at.checked_add(2)? > self.len {
             return None;
         }
-        // SAFETY: `at + 2 <= len`, inside the block this view owns.
+        // SAFETY: `at + 2 <= len`, inside the slot this view owns.
         Some(unsafe { self.base.add(at).cast::<u16>().read_unaligned() })
     }
 
@@ -971,22 +1200,21 @@ impl Block<'_> {
         if at >= self.len {
             return None;
         }
-        // SAFETY: `at < len`, inside the block this view owns.
+        // SAFETY: `at < len`, inside the slot this view owns.
         Some(unsafe { self.base.add(at).read() })
     }
 
-    fn status(&self) -> u32 {
-        self.read_u32(BLOCK_STATUS).unwrap_or(0)
-    }
-
+    /// TPACKET_V3 block: frames in it.
     fn frame_count(&self) -> u32 {
         self.read_u32(BLOCK_NUM_PKTS).unwrap_or(0)
     }
 
+    /// TPACKET_V3 block: offset of its first frame header.
     fn first_frame(&self) -> Option<usize> {
         self.read_u32(BLOCK_FIRST_PKT).map(|o| o as usize)
     }
 
+    /// TPACKET_V3 block: the `tpacket3_hdr` at `at`.
     fn frame_header(&self, at: usize) -> Option<FrameHeader> {
         let next = self.read_u32(at.checked_add(PKT_NEXT)?)? as usize;
         let mac = self.read_u16(at.checked_add(PKT_MAC)?)? as usize;
@@ -1000,18 +1228,30 @@ impl Block<'_> {
         })
     }
 
+    /// TPACKET_V2 frame slot: its `tpacket2_hdr`.
+    fn v2_header(&self) -> Option<FrameHeader> {
+        Some(FrameHeader {
+            next: None,
+            data_at: usize::from(self.read_u16(V2_MAC)?),
+            snap_len: self.read_u32(V2_SNAPLEN)? as usize,
+            wire_len: self.read_u32(V2_LEN)?,
+            status: self.read_u32(V2_STATUS)?,
+            pkttype: self.read_u8(V2_PKTTYPE)?,
+        })
+    }
+
     fn holds(&self, at: usize, len: usize) -> bool {
         at.checked_add(len).is_some_and(|end| end <= self.len)
     }
 
-    /// The frame bytes `at..at + len`, if inside the block.
+    /// The frame bytes `at..at + len`, if inside the slot.
     fn frame_mut(&mut self, at: usize, len: usize) -> Option<&mut [u8]> {
         if at.checked_add(len)? > self.len {
             return None;
         }
-        // SAFETY: the range is inside the block, which user space owns until
+        // SAFETY: the range is inside the slot, which user space owns until
         // it is released; the slice borrows this view mutably, so no other
-        // reference to the block exists while it lives.
+        // reference to the slot exists while it lives.
         Some(unsafe { std::slice::from_raw_parts_mut(self.base.add(at), len) })
     }
 }
@@ -1917,7 +2157,10 @@ mod tests {
     #[test]
     fn ring_config_checks() {
         let page = 4096;
-        assert!(RingConfig::default().check(page).is_ok());
+        for version in [RingVersion::V2, RingVersion::V3] {
+            assert!(RingConfig::default().check(version, page).is_ok());
+        }
+        assert_eq!(RingConfig::default().frame_count(), Some(2048));
         assert_eq!(RingConfig::default().snap_len(), 1952);
         assert_eq!(RingConfig::default().ring_bytes(), Some(4 << 20));
         let bad = [
@@ -1944,8 +2187,24 @@ mod tests {
             },
         ];
         for config in bad {
-            assert!(config.check(page).is_err(), "{config:?}");
+            for version in [RingVersion::V2, RingVersion::V3] {
+                assert!(config.check(version, page).is_err(), "{config:?}");
+            }
         }
+        // 2^16 blocks of 104,857 frames: fine as V3 blocks, more than
+        // 2^32 V2 frame slots.
+        let huge = RingConfig {
+            block_size: 1 << 24,
+            block_count: 1 << 16,
+            frame_size: 160,
+            ..RingConfig::default()
+        };
+        assert!(huge.check(RingVersion::V3, page).is_ok());
+        let e = huge.check(RingVersion::V2, page).unwrap_err();
+        assert!(
+            e.to_string().starts_with("AF_PACKET TPACKET_V2 ring:"),
+            "{e}"
+        );
         let tiny = RingConfig {
             block_timeout: Duration::ZERO,
             ..RingConfig::default()
@@ -2053,17 +2312,20 @@ mod tests {
         block[BLOCK_FIRST_PKT..][..4].copy_from_slice(&first.to_ne_bytes());
     }
 
-    fn view(block: &mut [u8]) -> Block<'_> {
-        Block {
+    fn view(block: &mut [u8]) -> Slot<'_> {
+        Slot {
             base: block.as_mut_ptr(),
             len: block.len(),
             _ring: std::marker::PhantomData,
         }
     }
 
-    /// (frames handed, counters, (meta, length) of each handed frame,
-    /// (offset in the block, length) of each queued transmission).
-    type Walked = (usize, IoCounters, Vec<(RxMeta, usize)>, Vec<(usize, usize)>);
+    /// (meta, length) of each frame handed to the handler.
+    type Seen = Vec<(RxMeta, usize)>;
+    /// (offset in the block or ring, length) of each queued transmission.
+    type Queued = Vec<(usize, usize)>;
+    /// (frames handed, counters, frames seen, transmissions queued).
+    type Walked = (usize, IoCounters, Seen, Queued);
 
     /// Walk `block` as interface 7 with a handler that transmits frames
     /// whose first byte is 0xaa on `tx_to` (with `tx_len`).
@@ -2168,6 +2430,253 @@ mod tests {
         put_block_header(&mut block, 2, 5000);
         let (handed, counters, _, _) = walk(&mut block, 7, 0);
         assert_eq!((handed, counters.rx_ring_drops), (0, 2));
+    }
+
+    #[test]
+    fn walker_skips_vlan_tagged_frames() {
+        // The socket filter drops them; one that shows up anyway is not
+        // handed over as if it were untagged.
+        let mut block = vec![0u8; 4096];
+        put_block_header(&mut block, 2, 48);
+        put_frame(&mut block, 48, 160, &[0x11; 64], 64, libc::PACKET_HOST);
+        put_frame(&mut block, 208, 0, &[0x22; 64], 64, libc::PACKET_HOST);
+        let tagged = libc::TP_STATUS_USER | libc::TP_STATUS_VLAN_VALID;
+        block[48 + PKT_STATUS..][..4].copy_from_slice(&tagged.to_ne_bytes());
+        let (handed, counters, seen, _) = walk(&mut block, 7, 0);
+        assert_eq!((handed, counters.rx_frames), (1, 1));
+        assert_eq!(seen[0].1, 64);
+    }
+
+    // -- The TPACKET_V2 ring, on an anonymous mapping. ----------------------
+
+    /// Offset of the frame data in a V2 slot, as the kernel lays it out for
+    /// a 14-byte MAC header (tpacket_rcv): TPACKET_ALIGN(TPACKET2_HDRLEN 52
+    /// + 16) - 14.
+    const V2_MAC_AT: usize = 66;
+
+    /// A V2 ring of `blocks` blocks of `block_size` bytes and `frame_size`
+    /// frame slots, over anonymous memory instead of a socket's ring.
+    fn anonymous_v2(block_size: u32, blocks: u32, frame_size: u32) -> Ring {
+        let config = RingConfig {
+            block_size,
+            block_count: blocks,
+            frame_size,
+            ..RingConfig::default()
+        };
+        config.check(RingVersion::V2, 4096).expect("test geometry");
+        let len = config.ring_bytes().expect("test geometry");
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        // SAFETY: a fresh private anonymous mapping of `len` bytes, owned
+        // (and unmapped) by the returned ring.
+        let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+        assert_ne!(addr, libc::MAP_FAILED);
+        let base = NonNull::new(addr.cast::<u8>()).expect("mmap result");
+        Ring::over(base, len, Layout::of(&config, RingVersion::V2))
+    }
+
+    /// The whole ring as bytes, as the kernel writes it.
+    fn ring_bytes(ring: &mut Ring) -> &mut [u8] {
+        // SAFETY: `base..base + len` is the ring's mapping; the slice
+        // borrows the ring mutably, so no slot view exists meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(ring.base.as_ptr(), ring.len) }
+    }
+
+    /// Write frame slot `index` byte for byte as the kernel's tpacket_rcv
+    /// does for TPACKET_V2: `tpacket2_hdr` (tp_status 0, tp_len 4,
+    /// tp_snaplen 8, tp_mac 12, tp_net 14, tp_sec 16, tp_nsec 20,
+    /// tp_vlan_tci 24, tp_vlan_tpid 26), `sockaddr_ll` at TPACKET_ALIGN(32)
+    /// = 32 (family, protocol, ifindex 36, hatype 40, pkttype 42, halen
+    /// 43, addr 44), the frame at tp_mac.
+    fn put_v2(ring: &mut Ring, index: usize, data: &[u8], wire_len: u32, status: u32, vlan: u16) {
+        let at = ring.layout.slot_at(index);
+        let slot = &mut ring_bytes(ring)[at..];
+        slot[4..8].copy_from_slice(&wire_len.to_ne_bytes());
+        slot[8..12].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+        slot[12..14].copy_from_slice(&(V2_MAC_AT as u16).to_ne_bytes());
+        slot[14..16].copy_from_slice(&(V2_MAC_AT as u16 + 14).to_ne_bytes());
+        slot[16..20].copy_from_slice(&1_700_000_000u32.to_ne_bytes());
+        slot[24..26].copy_from_slice(&vlan.to_ne_bytes());
+        slot[26..28].copy_from_slice(&(if vlan != 0 { 0x8100u16 } else { 0 }).to_ne_bytes());
+        slot[32..34].copy_from_slice(&(libc::AF_PACKET as u16).to_ne_bytes());
+        slot[34..36].copy_from_slice(&0x0800u16.to_be_bytes());
+        slot[36..40].copy_from_slice(&7i32.to_ne_bytes());
+        slot[40..42].copy_from_slice(&1u16.to_ne_bytes());
+        slot[42] = if data[0] == 0x0e {
+            libc::PACKET_OUTGOING
+        } else {
+            libc::PACKET_HOST
+        };
+        slot[43] = 6;
+        slot[V2_MAC_AT..][..data.len()].copy_from_slice(data);
+        // tp_status last, as the kernel publishes the frame.
+        slot[0..4].copy_from_slice(&status.to_ne_bytes());
+    }
+
+    fn v2_status(ring: &mut Ring, index: usize) -> u32 {
+        let at = ring.layout.slot_at(index);
+        let bytes = &ring_bytes(ring)[at..at + 4];
+        u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+
+    /// Drain `ring` once as interface 7 with the handler of `walk`:
+    /// (frames handed, counters, (meta, length) of each handed frame,
+    /// (offset in the ring, length) of each queued transmission,
+    /// statistics due).
+    fn drain(ring: &mut Ring) -> (usize, IoCounters, Seen, Queued, bool) {
+        let base = ring.base.as_ptr() as usize;
+        let mut counters = IoCounters::default();
+        let mut tx = vec![TxBatch::new(-1)];
+        let mut seen = Vec::new();
+        let mut stats_due = false;
+        let mut handler = |meta: &RxMeta, frame: &mut [u8]| {
+            seen.push((*meta, frame.len()));
+            if frame[0] == 0xaa {
+                frame[1] = 0xbb;
+                Verdict::Tx {
+                    ifindex: 7,
+                    len: frame.len(),
+                }
+            } else {
+                Verdict::Drop
+            }
+        };
+        let handed = {
+            let mut outbox = Outbox {
+                ifindexes: &[7],
+                tx: &mut tx,
+                counters: &mut counters,
+                retries: 0,
+            };
+            drain_ring(ring, 7, &mut handler, &mut outbox, &mut stats_due)
+        };
+        let queued = tx[0]
+            .iov
+            .drain(..)
+            .map(|v| (v.iov_base as usize - base, v.iov_len))
+            .collect();
+        (handed, counters, seen, queued, stats_due)
+    }
+
+    const USER: u32 = libc::TP_STATUS_USER;
+
+    #[test]
+    fn v2_layout_keeps_frames_inside_blocks() {
+        // 1536-byte frames: two per 4096-byte block, 1024 bytes unused.
+        let layout = Layout::of(
+            &RingConfig {
+                block_size: 4096,
+                block_count: 3,
+                frame_size: 1536,
+                ..RingConfig::default()
+            },
+            RingVersion::V2,
+        );
+        assert_eq!(layout.slot_count, 6);
+        let slots: Vec<usize> = (0..6).map(|i| layout.slot_at(i)).collect();
+        assert_eq!(slots, [0, 1536, 4096, 5632, 8192, 9728]);
+        assert_eq!(layout.batch(), 6);
+        let v3 = Layout::of(&RingConfig::default(), RingVersion::V3);
+        assert_eq!(
+            (v3.slot_count, v3.slot_at(2), v3.status_at),
+            (32, 256 << 10, 8)
+        );
+    }
+
+    #[test]
+    fn v2_walk_hands_frames_counts_truncation_and_sends_in_place() {
+        let mut ring = anonymous_v2(4096, 3, 1536);
+        let csum = USER | libc::TP_STATUS_CSUMNOTREADY;
+        put_v2(&mut ring, 0, &[0xaa; 64], 64, csum, 0);
+        put_v2(&mut ring, 1, &[0x0e; 60], 60, USER, 0); // outgoing
+        put_v2(&mut ring, 2, &[0x22; 100], 9000, USER, 0); // truncated
+        put_v2(
+            &mut ring,
+            3,
+            &[0x33; 64],
+            64,
+            USER | libc::TP_STATUS_VLAN_VALID,
+            5,
+        );
+        put_v2(&mut ring, 4, &[0xaa; 80], 80, USER, 0);
+        // Slot 5 is still the kernel's: the walk stops there.
+        let (handed, counters, seen, queued, stats_due) = drain(&mut ring);
+        assert_eq!(handed, 3, "outgoing and VLAN-tagged frames are skipped");
+        assert_eq!(
+            counters,
+            IoCounters {
+                rx_frames: 3,
+                rx_truncated: 1,
+                ..IoCounters::default()
+            }
+        );
+        let meta = |wire_len, csum_not_ready| RxMeta {
+            ifindex: 7,
+            wire_len,
+            csum_not_ready,
+        };
+        assert_eq!(
+            seen,
+            [
+                (meta(64, true), 64),
+                (meta(9000, false), 100),
+                (meta(80, false), 80)
+            ]
+        );
+        // Sent from the ring, rewritten in place: slot 0 and slot 4 (the
+        // first of the third block).
+        assert_eq!(queued, [(V2_MAC_AT, 64), (8192 + V2_MAC_AT, 80)]);
+        assert_eq!(ring_bytes(&mut ring)[8192 + V2_MAC_AT + 1], 0xbb);
+        assert!(!stats_due);
+        // Held until released, then the kernel's again.
+        assert_eq!((ring.held, ring.next), (5, 5));
+        assert_eq!(v2_status(&mut ring, 4), USER);
+        ring.release_held();
+        let statuses: Vec<u32> = (0..6).map(|i| v2_status(&mut ring, i)).collect();
+        assert_eq!(statuses, [libc::TP_STATUS_KERNEL; 6]);
+        assert_eq!(drain(&mut ring).0, 0);
+    }
+
+    #[test]
+    fn v2_walk_counts_broken_headers_and_losses() {
+        let mut ring = anonymous_v2(4096, 1, 2048);
+        put_v2(
+            &mut ring,
+            0,
+            &[0x11; 64],
+            64,
+            USER | libc::TP_STATUS_LOSING,
+            0,
+        );
+        // tp_mac pointing past the slot end.
+        put_v2(&mut ring, 1, &[0x11; 64], 64, USER, 0);
+        let at = ring.layout.slot_at(1);
+        ring_bytes(&mut ring)[at + 12..at + 14].copy_from_slice(&2000u16.to_ne_bytes());
+        let (handed, counters, _, _, stats_due) = drain(&mut ring);
+        assert_eq!(
+            (handed, counters.rx_frames, counters.rx_ring_drops),
+            (1, 1, 1)
+        );
+        assert!(stats_due, "TP_STATUS_LOSING asks for PACKET_STATISTICS");
+    }
+
+    #[test]
+    fn v2_batches_are_bounded_and_wrap_around_the_ring() {
+        // 409 slots of 160 bytes in one 64 KiB block.
+        let mut ring = anonymous_v2(65536, 1, 160);
+        let slots = ring.layout.slot_count;
+        assert_eq!(slots, 409);
+        for i in 0..slots {
+            put_v2(&mut ring, i, &[0x44; 60], 60, USER, 0);
+        }
+        assert_eq!(drain(&mut ring).0, RX_BATCH);
+        ring.release_held();
+        assert_eq!(drain(&mut ring).0, slots - RX_BATCH);
+        ring.release_held();
+        assert_eq!(ring.next, 0, "wrapped around");
+        // The kernel goes on at slot 0.
+        put_v2(&mut ring, 0, &[0x44; 60], 60, USER, 0);
+        assert_eq!(drain(&mut ring).0, 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Packet I/O behind one trait: [`PacketIo`].
 //!
 //! Backends: [`memory::MemIo`] (tests, microbenchmarks) and
-//! [`afpacket::AfPacket`] (TPACKET_V3 RX ring, batched TX, fanout with a
+//! [`afpacket::AfPacket`] (TPACKET_V2/V3 RX ring, batched TX, fanout with a
 //! classic-BPF program that keeps both directions of a flow on one worker).
 //! Only the AF_PACKET backend may use `unsafe`.
 //!
