@@ -1,7 +1,8 @@
 //! The candidates in the gateway namespace: vipgate (`vipgate run` with a
 //! generated config), the kernel's nftables DNAT, a raw AF_PACKET
-//! reflector, and "direct" (no gateway at all: the generator sends on its
-//! own link to the sink).
+//! reflector, the same reflector on AF_XDP (an experiment, in
+//! [`crate::xdp`]), and "direct" (no gateway at all: the generator sends
+//! on its own link to the sink).
 //!
 //! Owns what it arms in the gateway namespace (the daemon process, the
 //! nftables tables `vgbench`/`vgbrefl`, `ip_forward`, the reflector
@@ -37,6 +38,11 @@ pub enum Candidate {
     Nft,
     /// AF_PACKET receive, MAC rewrite, send: the I/O path without NAT.
     Reflector,
+    /// The reflector with AF_XDP (copy mode) I/O: an experiment, not in
+    /// --quick (bench/src/xdp.rs).
+    #[value(name = "xdp-reflector")]
+    #[serde(rename = "xdp-reflector")]
+    XdpReflector,
     /// No gateway: generator and sink on one link.
     Direct,
 }
@@ -47,6 +53,7 @@ impl Candidate {
             Candidate::Vipgate => "vipgate",
             Candidate::Nft => "nft DNAT",
             Candidate::Reflector => "reflector",
+            Candidate::XdpReflector => "xdp-reflector",
             Candidate::Direct => "direct",
         }
     }
@@ -66,6 +73,7 @@ pub enum Armed {
     /// Held for its `Drop` (removes the rules).
     Nft(#[allow(dead_code)] NftDnat),
     Reflector(Reflector),
+    XdpReflector(crate::xdp::XdpReflector),
     Direct,
 }
 
@@ -75,6 +83,9 @@ impl Armed {
             Candidate::Vipgate => Armed::Vipgate(Daemon::start(topo, opts)?),
             Candidate::Nft => Armed::Nft(NftDnat::arm(&topo.gw)?),
             Candidate::Reflector => Armed::Reflector(Reflector::start(topo)?),
+            Candidate::XdpReflector => {
+                Armed::XdpReflector(crate::xdp::XdpReflector::start(topo, Rewrite::of(topo))?)
+            }
             Candidate::Direct => Armed::Direct,
         })
     }
@@ -84,6 +95,7 @@ impl Armed {
             Armed::Vipgate(_) => Candidate::Vipgate,
             Armed::Nft(_) => Candidate::Nft,
             Armed::Reflector(_) => Candidate::Reflector,
+            Armed::XdpReflector(_) => Candidate::XdpReflector,
             Armed::Direct => Candidate::Direct,
         }
     }
@@ -103,6 +115,7 @@ impl Armed {
         match self {
             Armed::Vipgate(d) => d.counter("forwarded"),
             Armed::Reflector(r) => Some(r.forwarded.load(Ordering::Relaxed)),
+            Armed::XdpReflector(r) => Some(r.counters.forwarded.load(Ordering::Relaxed)),
             Armed::Nft(_) | Armed::Direct => None,
         }
     }
@@ -389,13 +402,7 @@ impl Reflector {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
-        let rewrite = Rewrite {
-            from: topo.vg_cli.index,
-            out: topo.vg_srv.index,
-            src_mac: topo.vg_srv.mac,
-            dst_mac: topo.s0.mac,
-            vip: addr::VIP.octets(),
-        };
+        let rewrite = Rewrite::of(topo);
         let (core, s, f) = (topo.cores.gateway, stop.clone(), forwarded.clone());
         let thread = std::thread::Builder::new()
             .name("bench-reflector".into())
@@ -422,8 +429,9 @@ impl Drop for Reflector {
     }
 }
 
+/// The reflectors' per-frame work (AF_PACKET and AF_XDP share it).
 #[derive(Debug, Clone, Copy)]
-struct Rewrite {
+pub struct Rewrite {
     from: u32,
     out: u32,
     src_mac: [u8; 6],
@@ -432,8 +440,19 @@ struct Rewrite {
 }
 
 impl Rewrite {
+    /// vg-cli to vg-srv, toward the sink's MAC.
+    pub fn of(topo: &Topology) -> Rewrite {
+        Rewrite {
+            from: topo.vg_cli.index,
+            out: topo.vg_srv.index,
+            src_mac: topo.vg_srv.mac,
+            dst_mac: topo.s0.mac,
+            vip: addr::VIP.octets(),
+        }
+    }
+
     /// The reflector's whole per-frame work.
-    fn apply(&self, ifindex: u32, frame: &mut [u8]) -> Verdict {
+    pub fn apply(&self, ifindex: u32, frame: &mut [u8]) -> Verdict {
         let to_vip = ifindex == self.from
             && frame.len() >= 34
             && frame[12..14] == [0x08, 0x00]

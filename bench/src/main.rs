@@ -27,6 +27,7 @@ mod svg;
 mod sys;
 mod topo;
 mod wire;
+mod xdp;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -266,7 +267,7 @@ fn write_charts(out: &Path, cx: &Ctx) -> Result<Vec<String>> {
         .iter()
         .map(|s| {
             let case = format!("{s} B");
-            let bars = ["vipgate", "nft DNAT", "reflector"]
+            let bars = ["vipgate", "nft DNAT", "reflector", "xdp-reflector"]
                 .iter()
                 .filter_map(|c| {
                     cx.report

@@ -134,6 +134,16 @@ impl Plan {
         }
     }
 
+    /// The forward and latency candidates: the AF_XDP experiment is left
+    /// out of --quick (CI), whose cost must not grow.
+    pub fn forward_candidates(&self) -> Vec<Candidate> {
+        let mut c = vec![Candidate::Vipgate, Candidate::Nft, Candidate::Reflector];
+        if !self.quick {
+            c.push(Candidate::XdpReflector);
+        }
+        c
+    }
+
     fn probe(&self) -> Duration {
         Duration::from_secs_f64(self.probe_secs)
     }
@@ -141,10 +151,10 @@ impl Plan {
     /// Progress steps of `scenario`.
     pub fn steps(&self, s: Scenario) -> usize {
         match s {
-            Scenario::Forward => self.sizes.len() * self.reps * 3,
+            Scenario::Forward => self.sizes.len() * self.reps * self.forward_candidates().len(),
             Scenario::Flows => self.flow_counts.len() * self.reps,
             Scenario::Workers => 2 * self.reps,
-            Scenario::Latency => 4 * self.reps,
+            Scenario::Latency => (1 + self.forward_candidates().len()) * self.reps,
             Scenario::Cps => 2 * self.reps,
             Scenario::Failover => 2,
         }
@@ -169,6 +179,26 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     fn arm(&mut self, cand: Candidate) -> Result<Armed> {
         Armed::arm(&self.bench.topo, cand, &self.vipgate)
+    }
+
+    /// Arms `cand` and warms it up; an optional candidate (the AF_XDP
+    /// experiment) that fails either is noted as skipped, with the reason,
+    /// and `None` comes back instead of an error.
+    fn arm_warm(&mut self, cand: Candidate, skipped: &mut Vec<Candidate>) -> Result<Option<Armed>> {
+        let optional = cand == Candidate::XdpReflector;
+        let armed = self
+            .arm(cand)
+            .and_then(|a| self.warm_up(&a, self.plan.flows, 20_000).map(|_| a));
+        match armed {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if optional && !stopped() => {
+                self.report
+                    .note(format!("{}: skipped: {e:#}", cand.label()));
+                skipped.push(cand);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Warm-up that must deliver something: a candidate that forwards
@@ -244,7 +274,8 @@ fn clean_values(
 /// Gateway-core CPU per forwarded packet and the highest lossless rate:
 /// vipgate, nftables DNAT, the raw reflector; per frame size.
 pub fn forward(cx: &mut Ctx) -> Result<()> {
-    let cands = [Candidate::Vipgate, Candidate::Nft, Candidate::Reflector];
+    let cands = cx.plan.forward_candidates();
+    let mut skipped = Vec::new();
     let mut samples: Vec<(String, String, Sample)> = Vec::new();
     let mut lossless: Vec<(String, String, Lossless)> = Vec::new();
     for &size in &cx.plan.sizes.clone() {
@@ -257,8 +288,12 @@ pub fn forward(cx: &mut Ctx) -> Result<()> {
                     cx.plan.reps,
                     cand.label()
                 ));
-                let armed = cx.arm(cand)?;
-                cx.warm_up(&armed, cx.plan.flows, 20_000)?;
+                if skipped.contains(&cand) {
+                    continue;
+                }
+                let Some(armed) = cx.arm_warm(cand, &mut skipped)? else {
+                    continue;
+                };
                 let load = cx.plan.load(cx.plan.flows, size);
                 let (s, _) = cx.bench.run_quiet(&armed, &load, 3)?;
                 samples.push((case.clone(), cand.label().into(), s));
@@ -305,6 +340,10 @@ fn summarize_forward(
     let m = "gateway CPU per packet";
     report.ratio("forward", case, m, "vipgate", "nft DNAT");
     report.ratio("forward", case, m, "vipgate", "reflector");
+    if cands.contains(&Candidate::XdpReflector) {
+        report.ratio("forward", case, m, "xdp-reflector", "nft DNAT");
+        report.ratio("forward", case, m, "xdp-reflector", "reflector");
+    }
     report.ratio(
         "forward",
         case,
@@ -585,12 +624,9 @@ pub fn workers(cx: &mut Ctx) -> Result<()> {
 /// One-way latency at a fixed load, each candidate against the path with
 /// no gateway.
 pub fn latency(cx: &mut Ctx) -> Result<()> {
-    let cands = [
-        Candidate::Direct,
-        Candidate::Vipgate,
-        Candidate::Nft,
-        Candidate::Reflector,
-    ];
+    let mut cands = vec![Candidate::Direct];
+    cands.extend(cx.plan.forward_candidates());
+    let mut skipped = Vec::new();
     let mut samples: Vec<(String, String, Sample)> = Vec::new();
     let case = format!("{} kpps", cx.plan.latency_rate / 1000);
     for rep in 0..cx.plan.reps {
@@ -601,8 +637,12 @@ pub fn latency(cx: &mut Ctx) -> Result<()> {
                 cx.plan.reps,
                 cand.label()
             ));
-            let armed = cx.arm(cand)?;
-            cx.warm_up(&armed, cx.plan.flows, 20_000)?;
+            if skipped.contains(&cand) {
+                continue;
+            }
+            let Some(armed) = cx.arm_warm(cand, &mut skipped)? else {
+                continue;
+            };
             let mut load = cx.plan.load(cx.plan.flows, 64);
             load.rate = cx.plan.latency_rate;
             load.count = (cx.plan.latency_rate as f64 * cx.plan.secs.max(1.0)) as u64;
@@ -629,7 +669,7 @@ pub fn latency(cx: &mut Ctx) -> Result<()> {
     ];
     for (name, pick) in picks {
         let direct = crate::report::Stat::of(&clean_values(&samples, &case, "direct", pick));
-        for c in cands {
+        for &c in &cands {
             let v = clean_values(&samples, &case, c.label(), pick);
             cx.report.add(
                 "latency",
