@@ -81,6 +81,19 @@ fn failover_scenario_passes_and_the_planned_resign_loses_nothing() {
             text(&out)
         );
     }
+    // Established TCP connections go on across the unplanned failover and
+    // the preemption back: each new master picks them up mid-flow.
+    let tcp = result_of(&stdout, "a_tcp").expect("phase (a) keeps TCP connections");
+    assert_eq!(
+        (
+            field(&tcp, "failed_after_failover"),
+            field(&tcp, "failed_after_preemption")
+        ),
+        (Some("0"), Some("0")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(field(&tcp, "picked_up_gwb"), Some("8"), "{}", text(&out));
     let planned = result_of(&stdout, "c").expect("checked above");
     assert_eq!(field(&planned, "planned"), Some("true"));
     assert_eq!(

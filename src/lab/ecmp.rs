@@ -54,7 +54,7 @@ use serde_json::{json, Value};
 mod timing;
 
 use super::failover::Gw;
-use super::probe::{gaps, sleep_unless_interrupted, Flow, Gap, Probe};
+use super::probe::{gaps, sleep_unless_interrupted, Flow, Gap, KeptConnections, Probe};
 use super::scenario::{http_request, udp_request_from};
 use crate::netlink::{Family, RtNetlink};
 use crate::netns::NetNs;
@@ -1467,7 +1467,7 @@ fn freeze_phase(lab: &EcmpLab, ports: &[u16]) -> Result<Outcome> {
 /// (c) gw-a killed (SIGKILL): lost until the router sees the session close.
 fn kill_phase(lab: &EcmpLab, ports: &[u16]) -> Result<Outcome> {
     let mut p = Phase::start(lab, "kill", "(c) gw-a's daemon killed with SIGKILL", ports)?;
-    let mut tcp = KeptConnections::open(lab)?;
+    let mut tcp = KeptAcrossKill::open(lab)?;
     let picked_before = lab.counter(Gw::B, "conn_picked_up");
     let t = Instant::now();
     lab.kill(Gw::A);
@@ -1483,49 +1483,35 @@ fn kill_phase(lab: &EcmpLab, ports: &[u16]) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// TCP connections opened before gw-a is killed, each kept alive with one
-/// HTTP/1.1 request before and one after: the ones gw-a carried must go on
-/// through gw-b, which has never seen their SYN (mid-flow pickup: Maglev
-/// gives gw-b the backend the flow already has).
-struct KeptConnections {
-    streams: Vec<std::net::TcpStream>,
+/// TCP connections the kill phase keeps across the SIGKILL.
+const KEPT_CONNECTIONS: usize = 16;
+
+/// Connections opened before gw-a is killed, each asked once more after
+/// it: the ones gw-a carried must go on through gw-b, which has never seen
+/// their SYN (mid-flow pickup: Maglev gives gw-b the backend the flow
+/// already has).
+struct KeptAcrossKill {
+    tcp: KeptConnections,
     /// Each connection's source port and the gateway it went through.
     through: Vec<(u16, Option<Gw>)>,
 }
 
-/// TCP connections the kill phase keeps across the SIGKILL.
-const KEPT_CONNECTIONS: usize = 16;
-/// How long a request on a kept connection may take after the kill: TCP
-/// retransmits (1 s RTO at first) through the new path.
-const KEPT_ANSWER: Duration = Duration::from_secs(8);
-
-impl KeptConnections {
-    fn open(lab: &EcmpLab) -> Result<KeptConnections> {
-        let target = SocketAddr::from((VIP, 80));
-        let streams = lab.client.run(|| -> Result<Vec<std::net::TcpStream>> {
-            (0..KEPT_CONNECTIONS)
-                .map(|_| {
-                    let s = std::net::TcpStream::connect_timeout(&target, KEPT_ANSWER)
-                        .context("connecting to the VIP")?;
-                    s.set_read_timeout(Some(KEPT_ANSWER))?;
-                    s.set_write_timeout(Some(KEPT_ANSWER))?;
-                    keep_alive_request(&s).context("first request")?;
-                    Ok(s)
-                })
-                .collect()
-        })??;
+impl KeptAcrossKill {
+    fn open(lab: &EcmpLab) -> Result<KeptAcrossKill> {
+        let tcp =
+            KeptConnections::open(&lab.client, SocketAddr::from((VIP, 80)), KEPT_CONNECTIONS)?;
         let seen = Gw::BOTH.map(|g| lab.seen(g, "tcp"));
-        let through = streams
-            .iter()
-            .map(|s| {
-                let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+        let through = tcp
+            .ports()
+            .into_iter()
+            .map(|port| {
                 let gw = Gw::BOTH
                     .into_iter()
                     .find(|g| seen[g.index()].contains(&port));
                 (port, gw)
             })
             .collect();
-        Ok(KeptConnections { streams, through })
+        Ok(KeptAcrossKill { tcp, through })
     }
 
     /// One more request on every connection; prints and reports whether
@@ -1536,20 +1522,15 @@ impl KeptConnections {
             .iter()
             .filter(|(_, g)| *g == Some(Gw::A))
             .count();
-        let mut failed = Vec::new();
-        for (s, (port, _)) in self.streams.iter().zip(&self.through) {
-            if let Err(e) = keep_alive_request(s) {
-                failed.push(format!(":{port} ({e})"));
-            }
-        }
+        let failed = self.tcp.request_all();
         let picked = lab
             .counter(Gw::B, "conn_picked_up")
             .saturating_sub(picked_before);
+        let n = self.through.len();
         println!(
-            "  TCP: {} connections open across the kill, {on_a} of them through gw-a; \
+            "  TCP: {n} connections open across the kill, {on_a} of them through gw-a; \
              answered after it: {}; gw-b picked up {picked} mid-flow",
-            self.streams.len(),
-            self.streams.len() - failed.len()
+            n - failed.len()
         );
         if !failed.is_empty() {
             println!(
@@ -1562,7 +1543,7 @@ impl KeptConnections {
         result_line(
             "kill_tcp",
             &[
-                ("connections", self.streams.len().to_string()),
+                ("connections", n.to_string()),
                 ("through_gwa", on_a.to_string()),
                 ("failed", failed.len().to_string()),
                 ("picked_up", picked.to_string()),
@@ -1570,37 +1551,6 @@ impl KeptConnections {
             ],
         );
         ok
-    }
-}
-
-/// One HTTP/1.1 request on a kept-alive connection; reads the whole
-/// response (Content-Length framing, as `vipgate lab serve` sends).
-fn keep_alive_request(mut s: &std::net::TcpStream) -> Result<()> {
-    use std::io::{Read, Write};
-    s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            bail!("closed by the peer");
-        }
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got);
-        let Some(end) = text.find("\r\n\r\n") else {
-            continue;
-        };
-        let length = text[..end]
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .context("response without Content-Length")?;
-        if !text.starts_with("HTTP/1.1 200") {
-            bail!("answer {:?}", text.lines().next().unwrap_or(""));
-        }
-        if got.len() >= end + 4 + length {
-            return Ok(());
-        }
     }
 }
 

@@ -22,7 +22,9 @@
 //! ```
 //!
 //! Phases, each measured with a 1 kpps UDP echo stream per VIP: (a)
-//! SIGKILL of gw-a's daemon, restart, preemption; (b) gw-a's client link
+//! SIGKILL of gw-a's daemon, restart, preemption (with the vipgate pair,
+//! 8 kept-alive TCP connections to vip1 must answer after the failover
+//! and after the preemption: each new master picks them up mid-flow); (b) gw-a's client link
 //! down, up, preemption; (c) `vrrp resign vip1` on gw-a (no loss
 //! expected), `vrrp resume`, preemption.
 //!
@@ -44,7 +46,7 @@ use serde_json::{json, Value};
 use super::keepalived::{self, Keepalived};
 use super::probe::{
     achieved_rate, fmt_rate, gaps, payload, sleep_unless_interrupted, udp_rcvbuf_errors, Flow, Gap,
-    Probe,
+    KeptConnections, Probe,
 };
 use crate::netns::NetNs;
 
@@ -662,6 +664,20 @@ impl FailoverLab {
         out
     }
 
+    /// Connections `gw`'s dataplane picked up mid-flow (0 if it cannot
+    /// tell).
+    fn picked_up(&self, gw: Gw) -> u64 {
+        let Some(status) = self.status(gw) else {
+            return 0;
+        };
+        status["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w["counters"]["conn_picked_up"].as_u64().unwrap_or(0))
+            .sum()
+    }
+
     /// Waits until `gw` reports `instance` as MASTER; the time it took.
     fn wait_master(&self, gw: Gw, instance: &str) -> Option<Duration> {
         let started = Instant::now();
@@ -1064,6 +1080,18 @@ fn kill_and_restart(
     let daemon = lab.pair.label();
     let mut p = Phase::start(lab, label, false)?;
     p.settle();
+    // vipgate: established TCP connections to vip1 go on across the
+    // failover and the preemption back (each new master picks them up
+    // mid-flow on the backend Maglev gives them).
+    let mut tcp = match lab.pair {
+        Pair::Vipgate => Some(KeptConnections::open(
+            &lab.client,
+            SocketAddr::from((VIPS[0].1, 80)),
+            KEPT_CONNECTIONS,
+        )?),
+        Pair::Keepalived => None,
+    };
+    let picked_before = Gw::BOTH.map(|g| lab.picked_up(g));
     p.event(format!("gw-a: SIGKILL to {daemon}"));
     lab.kill_daemon(Gw::A);
     if forwarding_off {
@@ -1075,6 +1103,7 @@ fn kill_and_restart(
     p.wait_master(lab, Gw::B, "vip1", "the reaping");
     p.settle();
     p.snapshot(lab, "after the failure");
+    let after_failover = tcp.as_mut().map(|t| t.request_all());
     if forwarding_off {
         lab.set_forwarding(Gw::A, true)?;
         p.event("gw-a: ip_forward=1");
@@ -1094,8 +1123,43 @@ fn kill_and_restart(
         )),
     }
     p.settle();
+    if let (Some(t), Some(failed)) = (tcp.as_mut(), after_failover) {
+        let after_preemption = t.request_all();
+        // gw-a restarted with an empty table: its count is all new.
+        let picked = [
+            lab.picked_up(Gw::A),
+            lab.picked_up(Gw::B).saturating_sub(picked_before[1]),
+        ];
+        println!(
+            "  TCP: {KEPT_CONNECTIONS} connections to vip1 kept open: answered after the failover {}, \
+             after the preemption {}; picked up mid-flow by gw-b {}, by the restarted gw-a {}",
+            KEPT_CONNECTIONS - failed.len(),
+            KEPT_CONNECTIONS - after_preemption.len(),
+            picked[1],
+            picked[0]
+        );
+        for (when, failed) in [("failover", &failed), ("preemption", &after_preemption)] {
+            if !failed.is_empty() {
+                p.problems.push(format!(
+                    "TCP connections that did not go on after the {when}: {}",
+                    failed.join(", ")
+                ));
+            }
+        }
+        println!(
+            "RESULT phase=a_tcp connections={KEPT_CONNECTIONS} failed_after_failover={} \
+             failed_after_preemption={} picked_up_gwb={} picked_up_gwa={}",
+            failed.len(),
+            after_preemption.len(),
+            picked[1],
+            picked[0]
+        );
+    }
     Ok(p.finish(lab))
 }
+
+/// TCP connections phase (a) keeps open across the failure (vipgate pair).
+const KEPT_CONNECTIONS: usize = 8;
 
 /// (b) gw-a's client link down, then up.
 fn phase_link_down(lab: &mut FailoverLab) -> Result<Report> {

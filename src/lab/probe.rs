@@ -10,13 +10,14 @@
 //! processes; sends only to the targets it is given.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::netns::NetNs;
 
@@ -279,6 +280,90 @@ pub fn sleep_unless_interrupted(d: Duration) {
     let until = Instant::now() + d;
     while Instant::now() < until && !super::interrupted() {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// TCP connections to a VIP's HTTP service kept open across an event
+/// (a gateway killed, a VIP moving), each asked one HTTP/1.1 request when
+/// opened and one per [`KeptConnections::request_all`]: whether
+/// established connections survive it.
+pub struct KeptConnections {
+    streams: Vec<TcpStream>,
+}
+
+/// How long one request on a kept connection may take: TCP retransmits
+/// (1 s RTO at first) through a new path.
+const KEPT_ANSWER: Duration = Duration::from_secs(8);
+
+impl KeptConnections {
+    /// Opens `n` connections from namespace `client` to `target` (each
+    /// from its own ephemeral port), each answered once.
+    pub fn open(client: &NetNs, target: SocketAddr, n: usize) -> Result<KeptConnections> {
+        let streams = client.run(|| -> Result<Vec<TcpStream>> {
+            (0..n)
+                .map(|_| {
+                    let s = TcpStream::connect_timeout(&target, KEPT_ANSWER)
+                        .with_context(|| format!("connecting to {target}"))?;
+                    s.set_read_timeout(Some(KEPT_ANSWER))?;
+                    s.set_write_timeout(Some(KEPT_ANSWER))?;
+                    keep_alive_request(&s).context("first request")?;
+                    Ok(s)
+                })
+                .collect()
+        })??;
+        Ok(KeptConnections { streams })
+    }
+
+    /// The connections' source ports, in order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.streams
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
+            .collect()
+    }
+
+    /// One more request on every connection; the ones that were not
+    /// answered, as ":port (why)".
+    pub fn request_all(&mut self) -> Vec<String> {
+        self.streams
+            .iter()
+            .filter_map(|s| {
+                let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+                keep_alive_request(s)
+                    .err()
+                    .map(|e| format!(":{port} ({e:#})"))
+            })
+            .collect()
+    }
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; reads the whole
+/// response (Content-Length framing, as `vipgate lab serve` sends).
+fn keep_alive_request(mut s: &TcpStream) -> Result<()> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("closed by the peer");
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        if !text.starts_with("HTTP/1.1 200") {
+            bail!("answer {:?}", text.lines().next().unwrap_or(""));
+        }
+        let length = text[..end]
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .context("response without Content-Length")?;
+        if got.len() >= end + 4 + length {
+            return Ok(());
+        }
     }
 }
 
