@@ -52,9 +52,9 @@
 //! | LAST_ACK    | ACK either way               | TIME_WAIT   |
 //! | TIME_WAIT, CLOSE | forward SYN (port reuse) | SYN_SENT   |
 //!
-//! A connection can also start mid-flow ([`ConnTable::insert_mid_flow`]):
+//! A connection can also start mid-flow:
 //! a client's ACK for a flow another node carried until an ECMP rehash or
-//! a failover. It counts as SYN_RECV (embryonic: short timeout, evictable,
+//! a failover ([`ConnTable::insert_as`] with [`Opening::MidFlow`]). It counts as SYN_RECV (embryonic: short timeout, evictable,
 //! so an ACK flood costs no more than a SYN flood) until the backend shows
 //! that it knows the connection: its ACK makes it ESTABLISHED, its FIN
 //! FIN_WAIT. The client's packets alone never promote it.
@@ -645,38 +645,25 @@ impl ConnTable {
         backend: u32,
         now: u64,
     ) -> Result<Inserted, Refused> {
-        let phase = match client.proto {
-            L4Proto::Tcp => Phase::SynSent,
-            L4Proto::Udp => Phase::Udp,
-        };
-        self.insert_in(phase, client, service, backend, now)
+        self.insert_as(Opening::First, client, service, backend, now)
     }
 
-    /// Adds a TCP connection for a client's packet in the middle of a flow
-    /// (see "TCP states" in the module documentation): SYN_RECV until the
-    /// backend answers. For UDP the same as [`ConnTable::insert`].
-    pub fn insert_mid_flow(
+    /// [`ConnTable::insert`] for a connection that starts as `opening`
+    /// says: [`Opening::MidFlow`] starts a TCP connection in SYN_RECV until
+    /// the backend answers (see "TCP states" in the module documentation).
+    pub fn insert_as(
         &mut self,
+        opening: Opening,
         client: &ClientEndpoint,
         service: u32,
         backend: u32,
         now: u64,
     ) -> Result<Inserted, Refused> {
-        let phase = match client.proto {
-            L4Proto::Tcp => Phase::PickedUp,
-            L4Proto::Udp => Phase::Udp,
+        let phase = match (client.proto, opening) {
+            (L4Proto::Udp, _) => Phase::Udp,
+            (L4Proto::Tcp, Opening::First) => Phase::SynSent,
+            (L4Proto::Tcp, Opening::MidFlow) => Phase::PickedUp,
         };
-        self.insert_in(phase, client, service, backend, now)
-    }
-
-    fn insert_in(
-        &mut self,
-        phase: Phase,
-        client: &ClientEndpoint,
-        service: u32,
-        backend: u32,
-        now: u64,
-    ) -> Result<Inserted, Refused> {
         let now = self.advance(now);
         let fh = self.hasher.hash(client, service);
         if let Some((_, i)) = self.find(Side::Forward, fh, client, service) {
@@ -1032,6 +1019,16 @@ fn is_due(deadline: u32, now: u32) -> bool {
 /// `a` is strictly earlier than `b` (serial-number compare).
 fn is_before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
+}
+
+/// How a client's packet without a connection starts one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The first packet: a TCP SYN (without ACK), or any UDP datagram.
+    First,
+    /// A TCP ACK in the middle of a flow another node carried until an
+    /// ECMP rehash or a failover sent it here.
+    MidFlow,
 }
 
 /// Which index (and so which peer id) a key is for.
@@ -2112,7 +2109,10 @@ mod tests {
     fn a_mid_flow_connection_waits_for_the_backend() {
         let state = |t: &ConnTable, id| t.status(id, 0).expect("live").state;
         let mut t = table(8);
-        let id = t.insert_mid_flow(&tcp(1), 80, 7, 0).expect("room").id;
+        let id = t
+            .insert_as(Opening::MidFlow, &tcp(1), 80, 7, 0)
+            .expect("room")
+            .id;
         assert_eq!(state(&t, id), ConnState::SynRecv);
         for flags in [A, F | A, S, S | A, TcpFlags::NONE] {
             t.on_packet(id, Forward, flags, 0).expect("live");
@@ -2121,17 +2121,26 @@ mod tests {
         t.on_packet(id, Reply, A, 0).expect("live");
         assert_eq!(state(&t, id), ConnState::Established);
 
-        let id = t.insert_mid_flow(&tcp(2), 80, 7, 0).expect("room").id;
+        let id = t
+            .insert_as(Opening::MidFlow, &tcp(2), 80, 7, 0)
+            .expect("room")
+            .id;
         t.on_packet(id, Reply, F | A, 0).expect("live");
         assert_eq!(state(&t, id), ConnState::FinWait);
         t.on_packet(id, Forward, F | A, 0).expect("live");
         assert_eq!(state(&t, id), ConnState::LastAck);
 
-        let id = t.insert_mid_flow(&tcp(3), 80, 7, 0).expect("room").id;
+        let id = t
+            .insert_as(Opening::MidFlow, &tcp(3), 80, 7, 0)
+            .expect("room")
+            .id;
         t.on_packet(id, Reply, R, 0).expect("live");
         assert_eq!(state(&t, id), ConnState::Close);
 
-        let id = t.insert_mid_flow(&udp(4), 53, 7, 0).expect("room").id;
+        let id = t
+            .insert_as(Opening::MidFlow, &udp(4), 53, 7, 0)
+            .expect("room")
+            .id;
         assert_eq!(state(&t, id), ConnState::Udp);
         assert_consistent(&t);
     }
@@ -2146,7 +2155,7 @@ mod tests {
         t.on_packet(est, Forward, A, 0).expect("live");
         for n in 1..100 {
             let ins = t
-                .insert_mid_flow(&tcp(n), 80, n, u64::from(n))
+                .insert_as(Opening::MidFlow, &tcp(n), 80, n, u64::from(n))
                 .expect("room");
             if let Some(r) = ins.released {
                 assert_eq!(r.reason, ReleaseReason::Evicted(EvictReason::Embryonic));

@@ -56,8 +56,8 @@ use std::sync::Arc;
 
 use crate::checksum;
 use crate::conntrack::{
-    ClientEndpoint, ConnTable, ConnTableConfig, ConnTableError, Direction, Refused, ReleaseReason,
-    Released, TcpFlags,
+    ClientEndpoint, ConnTable, ConnTableConfig, ConnTableError, Direction, Opening, Refused,
+    ReleaseReason, Released, TcpFlags,
 };
 use crate::counters::{BackendGauges, Counter, DropReason, WorkerCounters};
 use crate::flow::{Addr16, FlowTuple, L4Proto};
@@ -646,7 +646,7 @@ impl Pipeline {
                 }
             },
             None => {
-                let opening = match Opening::of(l4.proto, flags, service.scheduler) {
+                let opening = match opening_of(l4.proto, flags, service.scheduler) {
                     Some(opening) => opening,
                     None => return Drop(DropReason::NoConnection),
                 };
@@ -709,13 +709,10 @@ impl Pipeline {
             .pick(state, &flow, &self.lc_scratch)
             .ok_or(DropReason::NoBackend)?;
         let backend = service.backends.get(index).ok_or(DropReason::NoBackend)?;
-        let inserted = match opening {
-            Opening::First => self.conns.insert(&client, service.id, backend.id, now),
-            Opening::MidFlow => self
-                .conns
-                .insert_mid_flow(&client, service.id, backend.id, now),
-        };
-        match inserted {
+        match self
+            .conns
+            .insert_as(opening, &client, service.id, backend.id, now)
+        {
             Ok(inserted) => {
                 if let Some(r) = inserted.released {
                     release(&self.active, &r);
@@ -1145,35 +1142,24 @@ fn may_concern_backend(svc: &ServiceSnapshot, protocol: IpProtocol) -> bool {
         )
 }
 
-/// How a client's packet without a connection entry opens one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Opening {
-    /// A TCP SYN (without ACK), or any UDP datagram.
-    First,
-    /// A TCP ACK in the middle of a flow that another node carried until an
-    /// ECMP rehash or a failover sent it here. Only for Maglev and
-    /// source-hash services: every node picks the backend the flow already
-    /// has (with the same backends), so the connection goes on; rr, wrr
-    /// and lc would pick some other backend, which could only reset it.
-    MidFlow,
-}
-
-impl Opening {
-    /// `None`: the packet opens nothing (a lone RST, a SYN+ACK, a segment
-    /// without ACK, or mid-flow on a scheduler that cannot pick it up).
-    fn of(proto: L4Proto, flags: TcpFlags, scheduler: SchedulerKind) -> Option<Opening> {
-        if proto == L4Proto::Udp {
-            return Some(Opening::First);
-        }
-        let syn = flags.contains(TcpFlags::SYN);
-        let ack = flags.contains(TcpFlags::ACK);
-        if syn && !ack {
-            return Some(Opening::First);
-        }
-        let consistent = matches!(scheduler, SchedulerKind::Maglev | SchedulerKind::Sh);
-        let mid_flow = ack && !syn && !flags.contains(TcpFlags::RST);
-        (mid_flow && consistent).then_some(Opening::MidFlow)
+/// How a client's packet without a connection entry opens one; `None`:
+/// it opens nothing (a lone RST, a SYN+ACK, a segment without ACK).
+/// Mid-flow only on Maglev and source-hash services: every node picks the
+/// backend the flow already has (with the same backends), so the
+/// connection goes on; rr, wrr and lc would pick some other backend, which
+/// could only reset it.
+fn opening_of(proto: L4Proto, flags: TcpFlags, scheduler: SchedulerKind) -> Option<Opening> {
+    if proto == L4Proto::Udp {
+        return Some(Opening::First);
     }
+    let syn = flags.contains(TcpFlags::SYN);
+    let ack = flags.contains(TcpFlags::ACK);
+    if syn && !ack {
+        return Some(Opening::First);
+    }
+    let consistent = matches!(scheduler, SchedulerKind::Maglev | SchedulerKind::Sh);
+    let mid_flow = ack && !syn && !flags.contains(TcpFlags::RST);
+    (mid_flow && consistent).then_some(Opening::MidFlow)
 }
 
 /// Drops `r`'s connection from the per-backend counts.
