@@ -107,7 +107,17 @@ fn run_with(
     let vip_states = Inputs::start(config).vip_states;
     let all_links = nl.links().context("listing links")?;
     let addrs = nl.addrs().context("listing addresses")?;
-    let vrrp_plan = vrrp::run::plan(config, &all_links, &addrs)?;
+    let mut vrrp_plan = vrrp::run::plan(config, &all_links, &addrs)?;
+    // Tracked services start as Services sees them (the one source; it
+    // sends every change to the VRRP thread afterwards).
+    for (key, up) in &mut vrrp_plan.services {
+        if let Some(serving) = key
+            .strip_prefix("service:")
+            .and_then(|name| service_state.can_serve(name))
+        {
+            *up = serving;
+        }
+    }
     let mut vips: Vec<IpAddr> = config.services.iter().map(|s| s.vip).collect();
     vips.extend(vip_states.keys().copied());
     vips.sort();

@@ -399,6 +399,15 @@ impl Services {
         self.published.clone()
     }
 
+    /// Whether service `name` can serve now (usable, or it has a sorry
+    /// server): what a VRRP `service:NAME` track follows. `None` for an
+    /// unknown service.
+    pub fn can_serve(&self, name: &str) -> Option<bool> {
+        let i = self.config.services.iter().position(|s| s.name == name)?;
+        let usable = lock(&self.state).inputs.usable[i];
+        Some(can_serve(&self.config.services[i], usable))
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -763,6 +772,27 @@ inhibit_on_failure = true
         assert_eq!(status[0]["backends"][0]["weight_in_use"], Value::Null);
         assert_eq!(status[0]["backends"][2]["weight_in_use"], 0);
         assert_eq!(status[0]["sorry_server_active"], true);
+    }
+
+    /// What a VRRP `service:` track starts from and follows.
+    #[test]
+    fn can_serve_follows_usable_and_the_sorry_server() {
+        let (s, now) = setup();
+        assert_eq!(s.can_serve("web"), Some(true));
+        assert_eq!(s.can_serve("nope"), None);
+        for j in 0..3 {
+            s.set_health(0, j, false, now);
+        }
+        assert_eq!(s.status()[0]["usable"], false);
+        assert_eq!(s.can_serve("web"), Some(true), "the sorry server serves");
+        let no_sorry = CONFIG.replace("sorry_server = \"198.18.20.9:8080\"\n", "");
+        let config = config::validate_str(&no_sorry, "t.toml", None).expect("valid");
+        let links = [link(7, "vg-cli"), link(9, "vg-srv")];
+        let s = Services::new(&config, &links, now).expect("builds");
+        for j in 0..3 {
+            s.set_health(0, j, false, now);
+        }
+        assert_eq!(s.can_serve("web"), Some(false));
     }
 
     #[test]

@@ -78,8 +78,9 @@ pub struct Plan {
     pub files: Vec<(TrackKey, std::path::PathBuf)>,
     /// Link name of every `interface:` track.
     pub links: Vec<(TrackKey, String)>,
-    /// Services whose tracks are up while they have a backend of weight > 0
-    /// (until health checking feeds them).
+    /// `service:NAME` tracks and their start state (the daemon sets it
+    /// from its Services before the VRRP thread runs; health changes
+    /// follow as `Request::Track`).
     pub services: Vec<(TrackKey, bool)>,
 }
 
@@ -154,11 +155,10 @@ pub fn plan(config: &Config, links: &[Link], addrs: &[Addr]) -> Result<Plan> {
                     rise: *rise,
                     fall: *fall,
                 }),
-                TrackKind::Service { name } => {
-                    let up = config
-                        .service(name)
-                        .is_some_and(|s| s.backends.iter().any(|b| b.weight > 0));
-                    plan.services.push((key.clone(), up));
+                TrackKind::Service { .. } => {
+                    // Up until the daemon's Services says otherwise (it
+                    // fills in the start state before the thread runs).
+                    plan.services.push((key.clone(), true));
                 }
             }
             tracks.push((key, t.weight));
