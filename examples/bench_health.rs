@@ -17,12 +17,15 @@
 //!   runs on other hosts and the gateway's receive path in the NIC's
 //!   softirq. Needs 2 CPUs.
 //!
-//! The backends answer each HTTP request with a small 200 from a server
-//! thread of this process (its CPU is not counted). Needs root; without it
+//! The backends answer each HTTP request with a small 200 (Content-Length
+//! framed) from a server thread of this process (its CPU is not counted).
+//! Like nginx, they close after the answer only when the request says
+//! `Connection: close`, and otherwise keep the connection until the
+//! client closes it. Needs root; without it
 //! prints SKIPPED and exits 0.
 //!
 //! ```text
-//! cargo run --release --example bench_health -- [--backends 1000] [--seconds 20] [--interval-ms 1000] [--setup local|veth|both]
+//! cargo run --release --example bench_health -- [--backends 1000] [--seconds 20] [--interval-ms 1000] [--setup local|veth|both] [--kind tcp|http|both]
 //! ```
 //!
 //! Prints one `RESULT setup=... kind=... cpu_pct=...` line per set-up and
@@ -42,7 +45,10 @@ const LOCAL_SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 1);
 const VETH_CHECKER: Ipv4Addr = Ipv4Addr::new(198, 18, 61, 1);
 const VETH_SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 61, 2);
 const FIRST_PORT: u16 = 20000;
+/// The answer to a keep-alive request, and to one with `Connection: close`.
 const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+const RESPONSE_CLOSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
 /// Checks spread over this long before the measurement starts.
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -64,6 +70,7 @@ struct Args {
     seconds: u64,
     interval: Duration,
     setups: Vec<Setup>,
+    kinds: Vec<&'static str>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -72,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 20,
         interval: Duration::from_secs(1),
         setups: vec![Setup::Local, Setup::Veth],
+        kinds: vec!["tcp", "http"],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,6 +95,14 @@ fn parse_args() -> Result<Args, String> {
                     "veth" => vec![Setup::Veth],
                     "both" => vec![Setup::Local, Setup::Veth],
                     _ => return Err(format!("--setup local, veth or both, not {value}")),
+                }
+            }
+            "--kind" => {
+                args.kinds = match value.as_str() {
+                    "tcp" => vec!["tcp"],
+                    "http" => vec!["http"],
+                    "both" => vec!["tcp", "http"],
+                    _ => return Err(format!("--kind tcp, http or both, not {value}")),
                 }
             }
             _ => return Err(format!("unknown flag {flag}")),
@@ -237,7 +253,7 @@ fn run(args: &Args, setup: Setup) -> Result<(), String> {
         args.backends,
         pin.map(|p| p.1),
     )?;
-    for kind in ["tcp", "http"] {
+    for &kind in &args.kinds {
         measure(&topo, args, setup, kind, pin.map(|p| p.0))?;
     }
     drop(server);
@@ -444,7 +460,10 @@ fn serve(listeners: Vec<TcpListener>, stop: Arc<AtomicBool>) {
     });
 }
 
-/// Reads a request head (or nothing: a TCP check), answers 200, closes.
+/// Answers each request head on `conn` with a 200 (nothing: a TCP check),
+/// as nginx does: closes after the answer when the request said
+/// `Connection: close`, otherwise keeps the connection for the next request
+/// until the client closes it (a check's RST).
 async fn answer(mut conn: tokio::net::TcpStream) {
     let mut buf = [0u8; 1024];
     let mut seen = 0;
@@ -453,12 +472,30 @@ async fn answer(mut conn: tokio::net::TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(n) => seen += n,
         }
-        if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
-            let _ = conn.write_all(RESPONSE).await;
+        let Some(end) = buf[..seen].windows(4).position(|w| w == b"\r\n\r\n") else {
+            if seen == buf.len() {
+                return;
+            }
+            continue;
+        };
+        let close = wants_close(&buf[..end]);
+        let response = if close { RESPONSE_CLOSE } else { RESPONSE };
+        if conn.write_all(response).await.is_err() || close {
             return;
         }
-        if seen == buf.len() {
-            return;
-        }
+        buf.copy_within(end + 4..seen, 0);
+        seen -= end + 4;
     }
+}
+
+/// Whether a request head asks the server to close after the response.
+fn wants_close(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').any(|line| {
+        line.len() >= 17
+            && line[..11].eq_ignore_ascii_case(b"connection:")
+            && line[11..]
+                .to_ascii_lowercase()
+                .trim_ascii()
+                .starts_with(b"close")
+    })
 }

@@ -145,6 +145,18 @@ impl Lab {
         }
     }
 
+    /// `ss` lines of the namespace's TCP sockets in TIME_WAIT.
+    fn time_wait(&self) -> String {
+        let out = self
+            .ns
+            .command("ss")
+            .args(["-Htan", "state", "time-wait"])
+            .output()
+            .expect("running ss");
+        assert!(out.status.success(), "ss failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `vipgate lab serve` on `port` of SERVER (HTTP and UDP).
     fn lab_server(&mut self, port: u16) -> usize {
         let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_vipgate"));
@@ -390,6 +402,122 @@ fn http_and_https_checks_against_nginx() {
     });
     let r = lab.check(&wrong);
     assert!(!r.ok && r.reason.starts_with("tls: "), "{r:?}");
+
+    // Every probe closed with RST: neither nginx nor the checker (both in
+    // this namespace) holds a connection in TIME_WAIT.
+    assert_eq!(lab.time_wait(), "", "sockets left in TIME_WAIT");
+}
+
+/// How a [`KeepAliveServer`] connection ended after the response.
+#[derive(Debug, PartialEq, Eq)]
+enum ClientClose {
+    Reset,
+    Fin,
+    Nothing,
+}
+
+/// A backend that answers each connection's request with `response` and
+/// then never closes: it waits (up to 5 s) for the client to, recording
+/// the request and how the connection ended.
+struct KeepAliveServer {
+    seen: Arc<Mutex<Vec<(String, ClientClose)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeepAliveServer {
+    fn start(lab: &Lab, port: u16, response: &'static [u8], connections: usize) -> Self {
+        let listener = lab
+            .ns
+            .run(|| TcpListener::bind(at(SERVER, port)))
+            .expect("entering the namespace")
+            .expect("TCP bind");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let _ = listener.set_nonblocking(true);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut accepted = 0;
+            while accepted < connections && Instant::now() < deadline {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                accepted += 1;
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let request = read_head(&mut conn);
+                let _ = conn.write_all(response);
+                let mut byte = [0u8; 1];
+                let end = match std::io::Read::read(&mut conn, &mut byte) {
+                    Ok(0) => ClientClose::Fin,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ClientClose::Reset,
+                    _ => ClientClose::Nothing,
+                };
+                record.lock().unwrap().push((request, end));
+            }
+        });
+        KeepAliveServer {
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// The requests and connection ends, once all connections are done.
+    fn finish(mut self) -> Vec<(String, ClientClose)> {
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the server thread");
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// Reads up to the blank line ending a request head (bounded).
+fn read_head(conn: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        match std::io::Read::read(conn, &mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[test]
+fn framed_responses_end_the_check_with_rst_without_waiting_for_close() {
+    if let Some(why) = skip_reason(false) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let lab = Lab::new();
+    let length: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nup\n";
+    let chunked: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nup\n\r\n0\r\n\r\n";
+    for (port, response) in [(8101, length), (8102, chunked)] {
+        let server = KeepAliveServer::start(&lab, port, response, 2);
+        // The server never closes: a check that waited for its FIN would
+        // end in the timeout instead.
+        let mut status_only = http(at(SERVER, port), "/health");
+        status_only.timeout = Duration::from_secs(3);
+        assert_result(&lab.check(&status_only), true, "status 200");
+        let body = with_http(status_only, |_, _, _, c, _| *c = Some("up".into()));
+        assert_result(&lab.check(&body), true, "status 200, body matches");
+        let seen = server.finish();
+        assert_eq!(seen.len(), 2);
+        for (request, end) in &seen {
+            assert!(
+                request.starts_with("GET /health HTTP/1.1\r\n"),
+                "{request:?}"
+            );
+            assert!(
+                !request.to_ascii_lowercase().contains("connection:"),
+                "{request:?}"
+            );
+            assert_eq!(*end, ClientClose::Reset, "port {port}");
+        }
+    }
+    assert_eq!(lab.time_wait(), "", "sockets left in TIME_WAIT");
 }
 
 #[test]

@@ -46,11 +46,17 @@ pub(super) fn default_host(target: SocketAddr, tls: bool) -> String {
     }
 }
 
-/// The GET request of a check, built once per target.
+/// The GET request of a check, built once per target. No `Connection:
+/// close`: an HTTP/1.1 server then frames its body (Content-Length or
+/// chunked) and keeps the connection open, so the check can close it with
+/// RST as soon as the response is in, without a FIN from the server and
+/// the ACK of it (HAProxy closes its checks the same way). The connection
+/// is never reused: every check opens a new one, so it keeps testing
+/// `accept()`.
 pub(super) fn request(path: &str, host: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vipgate-health\r\n\
-         Accept: */*\r\nConnection: close\r\n\r\n"
+         Accept: */*\r\n\r\n"
     )
     .into_bytes()
 }
@@ -467,7 +473,7 @@ mod tests {
     fn requests_and_hosts() {
         assert_eq!(
             request("/health", "web"),
-            b"GET /health HTTP/1.1\r\nHost: web\r\nUser-Agent: vipgate-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: web\r\nUser-Agent: vipgate-health\r\nAccept: */*\r\n\r\n"
         );
         let v4: SocketAddr = "198.18.0.1:80".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::1]:8443".parse().unwrap();

@@ -17,8 +17,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
@@ -29,6 +30,11 @@ use super::{CheckKind, CheckResult, CheckSpec, TargetId, MAX_BODY, MAX_HEAD};
 
 /// Largest UDP payload a check sends (IPv4's limit).
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// The first read of a response: room for a health endpoint's usual head
+/// and short body (nginx's 200 is ~250 bytes) while staying below malloc's
+/// large-chunk size (1 KiB), whose allocation would first consolidate the
+/// allocator's free lists on every check.
+const FIRST_READ: usize = 896;
 /// How long a killed command gets to be reaped.
 const REAP_WAIT: Duration = Duration::from_secs(1);
 
@@ -147,7 +153,8 @@ async fn attempt(p: &Prepared) -> Outcome {
             let probe = udp(*target, spec.source, payload, expect.as_deref());
             timed(spec.timeout, probe).await
         }
-        (CheckKind::Command { argv, env }, _) => command(argv, env, spec.timeout).await,
+        // Boxed: the process handles would otherwise size every task.
+        (CheckKind::Command { argv, env }, _) => Box::pin(command(argv, env, spec.timeout)).await,
         (CheckKind::Http { .. }, None) => Err("internal: HTTP check not prepared".into()),
     }
 }
@@ -178,31 +185,58 @@ fn io_reason(op: &str, e: &io::Error) -> String {
 }
 
 /// A connected TCP stream from `source` (if any) that closes with RST.
+///
+/// Kept to the system calls a probe needs: socket (non-blocking and
+/// close-on-exec in one call), setsockopt for the zero linger (before the
+/// connect, so the RST close is set whatever happens next), the optional
+/// bind, connect, and the registration with epoll. No
+/// getsockopt(SO_ERROR) after a connect that worked: a connecting socket
+/// polls writable only once the handshake is done and reports a failed
+/// connect with EPOLLERR/EPOLLHUP, so the error is read only then.
 async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
-    let socket = match target {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
     .map_err(|e| io_reason("socket", &e))?;
+    // Close with RST: no TIME_WAIT on either side for a probe connection.
+    socket
+        .set_linger(Some(Duration::ZERO))
+        .map_err(|e| io_reason("socket", &e))?;
     if let Some(source) = source {
         // SO_REUSEADDR: a port of an earlier probe still in TIME_WAIT (if
         // the backend closed first) may be bound again.
         socket
-            .set_reuseaddr(true)
+            .set_reuse_address(true)
             .map_err(|e| io_reason("socket", &e))?;
         socket
-            .bind(SocketAddr::new(source, 0))
+            .bind(&SocketAddr::new(source, 0).into())
             .map_err(|e| io_reason("bind", &e))?;
     }
-    let stream = socket
-        .connect(target)
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(io_reason("connect", &e)),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))
+        .map_err(|e| io_reason("socket", &e))?;
+    let ready = stream
+        .ready(Interest::WRITABLE | Interest::ERROR)
         .await
         .map_err(|e| io_reason("connect", &e))?;
-    // Close with RST: no TIME_WAIT on our side for a probe connection.
-    stream
-        .set_zero_linger()
-        .map_err(|e| io_reason("socket", &e))?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(connect_failure(&stream));
+    }
     Ok(stream)
+}
+
+/// Why a connect that polled an error or a hang-up failed.
+fn connect_failure(stream: &TcpStream) -> String {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => io_reason("connect", &e),
+        Ok(None) => "connect closed".into(),
+    }
 }
 
 async fn tcp(target: SocketAddr, source: Option<IpAddr>) -> Outcome {
@@ -259,14 +293,26 @@ async fn http_check(spec: &CheckSpec, plan: &HttpPlan) -> Outcome {
     let stream = connect(*target, spec.source).await?;
     match &plan.tls {
         None => exchange(stream, spec, plan).await,
+        // Boxed: a TLS session is kilobytes, which would otherwise be part
+        // of (and copied with) every check's task, HTTPS or not.
         Some((connector, name)) => {
-            let tls = TlsConnector::from(connector.clone())
-                .connect(name.clone(), stream)
-                .await
-                .map_err(|e| format!("tls: {e}"))?;
-            exchange(tls, spec, plan).await
+            Box::pin(tls_exchange(stream, spec, plan, connector, name)).await
         }
     }
+}
+
+async fn tls_exchange(
+    stream: TcpStream,
+    spec: &CheckSpec,
+    plan: &HttpPlan,
+    connector: &Arc<ClientConfig>,
+    name: &ServerName<'static>,
+) -> Outcome {
+    let tls = TlsConnector::from(connector.clone())
+        .connect(name.clone(), stream)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    exchange(tls, spec, plan).await
 }
 
 /// Sends the request and judges the response.
@@ -288,7 +334,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .write_all(&plan.request)
         .await
         .map_err(|e| io_reason("send", &e))?;
-    let mut buf = Vec::with_capacity(4096);
+    let mut buf = Vec::with_capacity(FIRST_READ);
     let head = read_head(&mut stream, &mut buf).await?;
     if !http::status_expected(head.status, expect_status) {
         return Err(format!("status {}", head.status));
@@ -338,8 +384,9 @@ async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<usize, String> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(8192);
+    if buf.len() == buf.capacity() {
+        // Doubles: a large body costs a few reads more, not a copy per read.
+        buf.reserve(buf.capacity().max(FIRST_READ));
     }
     match stream.read_buf(buf).await {
         Ok(n) => Ok(n),
