@@ -925,7 +925,11 @@ fn http_through_the_vip_with_the_v2_rx_ring() {
     terminate(pid);
     assert!(wait_gone(pid), "the lab daemon outlived SIGTERM by 10 s");
     let config = std::fs::read_to_string(lab.dir().join("lab.toml")).expect("lab config");
-    let config = config.replacen("[dataplane]\n", "[dataplane]\nrx_ring = \"v2\"\n", 1);
+    let config = config.replacen(
+        "[dataplane]\n",
+        "[dataplane]\nrx_ring = \"v2\"\nrx_coalesce = \"50us\"\n",
+        1,
+    );
     let path = lab.dir().join("rx-ring.toml");
     std::fs::write(&path, config).expect("writing the config");
     let _daemon = Daemon::start(&lab, &path);

@@ -30,6 +30,7 @@
 //! workers = 0                                    # 0 = one per online core
 //! io = "af_packet"                               # af_packet | memory
 //! rx_ring = "v3"                                 # v2: per frame | v3: blocks
+//! rx_coalesce = "0"                              # v2 only: "50us", 0..=1000us
 //! ring_block_size = 262144                       # power of two >= 4096
 //! ring_blocks = 64
 //! ring_frame_size = 2048                         # multiple of 16

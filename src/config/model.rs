@@ -114,6 +114,10 @@ pub struct RingConfig {
     /// The kernel retires a partly filled block after this long (whole
     /// milliseconds, at least 1ms). TPACKET_V3 only.
     pub block_timeout: Duration,
+    /// `rx_coalesce`: TPACKET_V2 only (zero with V3). After a poll that
+    /// found frames, the worker lets more gather this long before it takes
+    /// the next batch; zero hands every frame over at once.
+    pub coalesce: Duration,
 }
 
 /// `rx_ring`: the AF_PACKET RX ring layout.
@@ -246,6 +250,7 @@ impl Default for RingConfig {
             blocks: 64,
             frame_size: 2048,
             block_timeout: Duration::from_millis(1),
+            coalesce: Duration::ZERO,
         }
     }
 }

@@ -41,6 +41,7 @@ const DATAPLANE_KEYS: &[&str] = &[
     "workers",
     "io",
     "rx_ring",
+    "rx_coalesce",
     "ring_block_size",
     "ring_blocks",
     "ring_frame_size",
@@ -377,6 +378,61 @@ fn read_ring(s: &Section, ring: &mut RingConfig) {
     if let Some(t) = timeout {
         ring.block_timeout = t.value;
     }
+    read_rx_coalesce(s, ring);
+}
+
+/// Largest `rx_coalesce`: beyond it a V3 ring does the same with fewer
+/// wake-ups (the dataplane refuses more, too).
+const MAX_RX_COALESCE: Duration = Duration::from_millis(1);
+
+/// `rx_coalesce`: a TPACKET_V2 setting; with V3 it is off.
+fn read_rx_coalesce(s: &Section, ring: &mut RingConfig) {
+    let text = s.string("rx_coalesce", "\"50us\"");
+    let v3 = ring.version == RxRing::V3;
+    if v3 {
+        ring.coalesce = Duration::ZERO;
+    }
+    let Some(text) = text else {
+        return;
+    };
+    let help = "write microseconds, e.g. rx_coalesce = \"50us\", from \"0\" (off) to \"1000us\"";
+    match parse_coalesce(text.value) {
+        None => s.invalid(
+            "rx_coalesce",
+            &text.span,
+            format!("invalid duration \"{}\"", text.value),
+            help.to_string(),
+        ),
+        Some(d) if d > MAX_RX_COALESCE => s.invalid(
+            "rx_coalesce",
+            &text.span,
+            format!("rx_coalesce {}us is out of range", d.as_micros()),
+            format!("{help}; beyond 1ms, rx_ring = \"v3\" takes fewer wake-ups"),
+        ),
+        Some(d) if v3 && !d.is_zero() => s.invalid(
+            "rx_coalesce",
+            &text.span,
+            "rx_coalesce applies to rx_ring = \"v2\" only (a v3 ring hands over blocks)"
+                .to_string(),
+            "add rx_ring = \"v2\" to [dataplane], or remove rx_coalesce".to_string(),
+        ),
+        Some(d) => ring.coalesce = d,
+    }
+}
+
+/// `"50us"`, `"0"`, or a duration in the usual units (`"1ms"`).
+fn parse_coalesce(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    if let Some(digits) = text.strip_suffix("us") {
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return digits.parse().ok().map(Duration::from_micros);
+        }
+        return None;
+    }
+    super::duration::parse_duration(text).ok()
 }
 
 fn read_frame_size(s: &Section, ring: &mut RingConfig) {
@@ -763,6 +819,70 @@ mod tests {
         assert_eq!(
             errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
             ["t.toml:6:11: dataplane.rx_ring: unknown rx ring \"v4\"; expected one of v2, v3 (did you mean \"v2\"?)"]
+        );
+    }
+
+    fn with_coalesce(lines: &str) -> String {
+        format!(
+            "[node]\nname = \"gw\"\n[[interface]]\nname = \"eth0\"\n[dataplane]\n{lines}\n\
+             [[service]]\nname = \"web\"\nvip = \"198.18.1.10\"\n\
+             port = 80\n[[service.backend]]\naddress = \"198.18.2.2\"\n"
+        )
+    }
+
+    fn coalesce_errors(lines: &str) -> Vec<String> {
+        let errors = crate::config::validate_str(&with_coalesce(lines), "t.toml", None);
+        errors
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn rx_coalesce_is_read_in_microseconds_for_v2() {
+        let us = Duration::from_micros;
+        for (text, want) in [
+            ("50us", us(50)),
+            ("0", us(0)),
+            ("1ms", us(1000)),
+            ("0us", us(0)),
+        ] {
+            let lines = format!("rx_ring = \"v2\"\nrx_coalesce = \"{text}\"");
+            let parsed = crate::config::validate_str(&with_coalesce(&lines), "t.toml", None);
+            assert_eq!(parsed.expect(text).dataplane.ring.coalesce, want, "{text}");
+        }
+        let v3 = crate::config::validate_str(&with_coalesce("rx_ring = \"v3\""), "t.toml", None);
+        assert_eq!(v3.expect("v3").dataplane.ring.coalesce, Duration::ZERO);
+        let off = "rx_ring = \"v3\"\nrx_coalesce = \"0\"";
+        let v3_off = crate::config::validate_str(&with_coalesce(off), "t.toml", None);
+        assert_eq!(
+            v3_off.expect("v3, 0").dataplane.ring.coalesce,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn rx_coalesce_out_of_range_or_with_v3_is_named() {
+        assert_eq!(
+            coalesce_errors("rx_ring = \"v2\"\nrx_coalesce = \"1001us\""),
+            [
+                "t.toml:7:15: dataplane.rx_coalesce: rx_coalesce 1001us is out of range; \
+              write microseconds, e.g. rx_coalesce = \"50us\", from \"0\" (off) to \"1000us\"; \
+              beyond 1ms, rx_ring = \"v3\" takes fewer wake-ups"
+            ]
+        );
+        assert_eq!(
+            coalesce_errors("rx_ring = \"v2\"\nrx_coalesce = \"50\""),
+            [
+                "t.toml:7:15: dataplane.rx_coalesce: invalid duration \"50\"; \
+              write microseconds, e.g. rx_coalesce = \"50us\", from \"0\" (off) to \"1000us\""
+            ]
+        );
+        assert_eq!(
+            coalesce_errors("rx_ring = \"v3\"\nrx_coalesce = \"50us\""),
+            ["t.toml:7:15: dataplane.rx_coalesce: rx_coalesce applies to rx_ring = \"v2\" only \
+              (a v3 ring hands over blocks); add rx_ring = \"v2\" to [dataplane], or remove rx_coalesce"]
         );
     }
 }

@@ -867,6 +867,7 @@ fn af_packet_config(
         config::RxRing::V2 => afpacket::RingVersion::V2,
         config::RxRing::V3 => afpacket::RingVersion::V3,
     };
+    cfg.rx_coalesce = r.coalesce;
     cfg
 }
 

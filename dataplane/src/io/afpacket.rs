@@ -29,6 +29,24 @@
 //! V3's price is latency at low rates: a frame waits up to the block
 //! timeout (at least 1 ms) in a block that does not fill.
 //!
+//! # RX coalescing (V2)
+//! With `rx_coalesce` > 0 ([`AfPacketConfig::rx_coalesce`]) a V2 worker
+//! moderates its own wake-ups as a NIC's interrupt moderation (`ethtool -C
+//! rx-usecs`) does: when a poll handed frames over and the ring is now
+//! empty, the next `poll_batch` first sleeps `rx_coalesce` (clock_nanosleep,
+//! with the thread's timer slack lowered to [`COALESCE_TIMER_SLACK`]) so
+//! that frames arriving meanwhile are taken in one batch, then takes what
+//! came or, if nothing did, blocks in poll(2) as before. The first frame
+//! after an idle poll is taken at once; a frame that arrives while the
+//! worker sleeps waits at most the bound (plus the timer's wake-up
+//! latency); under load the ring never runs empty and nothing sleeps. While
+//! it sleeps, the kernel finds no waiter on the socket and wakes nobody.
+//! Off by default: on the lab VM (bench/README.md, "RX ring", coalescing)
+//! a timer wake-up costs more than the poll(2) wake-ups it replaces, so
+//! 25-100 µs bounds raised CPU per packet at 200 kpps (1.17-1.29x V3's,
+//! plain V2 1.12x) and added 13-40 µs at the median at 20 kpps. It may pay
+//! where timers are cheap (bare metal) and arrivals sparse; measure first.
+//!
 //! The socket filter (SO_ATTACH_FILTER, [`socket_filter_program`]) runs in
 //! the kernel before a frame is copied into the ring and
 //! - drops frames the interface *sent* (`PACKET_OUTGOING`, loaded with the
@@ -121,6 +139,15 @@ pub const STATS_EVERY_POLLS: u32 = 256;
 /// Default number of immediate retries of a batch refused with
 /// ENOBUFS/EAGAIN.
 pub const DEFAULT_TX_RETRIES: u32 = 4;
+
+/// Largest `rx_coalesce`: beyond it a V3 ring does the same job with fewer
+/// wake-ups.
+pub const MAX_RX_COALESCE: Duration = Duration::from_millis(1);
+
+/// Timer slack a worker thread sets for itself before its first coalescing
+/// sleep (the kernel's default of 50 µs would add up to that much to every
+/// sleep of a few tens of µs).
+pub const COALESCE_TIMER_SLACK: Duration = Duration::from_micros(1);
 
 /// One interface a worker serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +304,11 @@ pub struct AfPacketConfig {
     pub ring: RingConfig,
     /// RX ring layout, the same for every socket.
     pub rx_ring: RingVersion,
+    /// TPACKET_V2 only: after a poll that handed frames over and left the
+    /// ring empty, let frames gather this long before taking the next
+    /// batch (see "RX coalescing" in the module doc). Zero: off. At most
+    /// [`MAX_RX_COALESCE`].
+    pub rx_coalesce: Duration,
     /// Immediate retries of a transmit batch refused with ENOBUFS/EAGAIN.
     pub tx_retries: u32,
 }
@@ -290,6 +322,7 @@ impl AfPacketConfig {
             vips,
             ring: RingConfig::default(),
             rx_ring: RingVersion::default(),
+            rx_coalesce: Duration::ZERO,
             tx_retries: DEFAULT_TX_RETRIES,
         }
     }
@@ -308,6 +341,12 @@ pub struct AfPacket {
     next_port: usize,
     polls_since_stats: u32,
     stats_due: bool,
+    /// `rx_coalesce` (zero with V3).
+    coalesce: Duration,
+    /// Frames the last poll handed over.
+    last_handed: usize,
+    /// The calling thread's timer slack was lowered for coalescing.
+    slack_set: bool,
 }
 
 // SAFETY: an `AfPacket` exclusively owns its sockets and ring mappings; the
@@ -342,6 +381,7 @@ impl AfPacket {
             return Err(invalid("AF_PACKET: no interface to open"));
         }
         config.ring.check(config.rx_ring, page_size())?;
+        check_coalesce(config.rx_ring, config.rx_coalesce)?;
         let fanout = checked_program(fanout_program(&config.vips))?;
         let mut ports = Vec::with_capacity(config.interfaces.len());
         for (i, iface) in config.interfaces.iter().enumerate() {
@@ -371,6 +411,9 @@ impl AfPacket {
             next_port: 0,
             polls_since_stats: 0,
             stats_due: false,
+            coalesce: config.rx_coalesce,
+            last_handed: 0,
+            slack_set: false,
         })
     }
 
@@ -419,6 +462,21 @@ impl AfPacket {
 
     fn any_slot_ready(&self) -> bool {
         self.ports.iter().any(|p| p.ring.next_ready())
+    }
+
+    /// Let frames gather for the coalescing delay the last poll calls for
+    /// (none after an idle poll or with coalescing off), at most `timeout`.
+    fn coalesce(&mut self, timeout: Duration) {
+        let delay = coalesce_delay(self.last_handed, self.coalesce).min(timeout);
+        if delay.is_zero() {
+            return;
+        }
+        if !self.slack_set {
+            self.slack_set = true;
+            // Best effort: with the default slack the sleeps only get longer.
+            let _ = set_timer_slack(COALESCE_TIMER_SLACK);
+        }
+        sleep_monotonic(delay);
     }
 
     /// Wait in poll(2) until a socket is readable or `timeout` passes.
@@ -502,6 +560,60 @@ impl AfPacket {
             // keeps counting.
             let _ = self.refresh_stats();
         }
+    }
+}
+
+/// How long to let frames gather before looking at an empty ring again,
+/// after a poll that handed `handed` frames over, with coalescing bound
+/// `bound`: nothing after an idle poll (the next frame is taken as soon as
+/// it arrives), `bound` after a poll that found frames (more are likely on
+/// the way).
+pub fn coalesce_delay(handed: usize, bound: Duration) -> Duration {
+    if handed == 0 {
+        Duration::ZERO
+    } else {
+        bound
+    }
+}
+
+fn check_coalesce(version: RingVersion, coalesce: Duration) -> io::Result<()> {
+    if coalesce > MAX_RX_COALESCE {
+        return Err(invalid(&format!(
+            "AF_PACKET: rx_coalesce {coalesce:?} exceeds {MAX_RX_COALESCE:?}"
+        )));
+    }
+    if version == RingVersion::V3 && !coalesce.is_zero() {
+        return Err(invalid(
+            "AF_PACKET: rx_coalesce applies to the TPACKET_V2 ring only",
+        ));
+    }
+    Ok(())
+}
+
+/// Set the calling thread's timer slack (PR_SET_TIMERSLACK).
+fn set_timer_slack(slack: Duration) -> io::Result<()> {
+    let ns = libc::c_ulong::try_from(slack.as_nanos()).unwrap_or(libc::c_ulong::MAX);
+    let zero: libc::c_ulong = 0;
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and changes only the
+    // calling thread's timer slack.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, zero, zero, zero) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sleep `delay` on CLOCK_MONOTONIC; a signal ends the sleep early.
+fn sleep_monotonic(delay: Duration) {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(delay.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: delay.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec for the call; a null remainder
+    // pointer is allowed. The result (0, or EINTR on a signal) needs no
+    // handling: an early wake-up only shortens the coalescing delay.
+    unsafe {
+        libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &ts, std::ptr::null_mut());
     }
 }
 
@@ -635,7 +747,10 @@ impl PacketIo for AfPacket {
         handler: &mut dyn FnMut(&RxMeta, &mut [u8]) -> Verdict,
     ) -> io::Result<usize> {
         if !self.any_slot_ready() {
-            self.wait(timeout)?;
+            self.coalesce(timeout);
+            if !self.any_slot_ready() {
+                self.wait(timeout)?;
+            }
         }
         let n = self.ports.len();
         let mut handed = 0;
@@ -647,6 +762,7 @@ impl PacketIo for AfPacket {
         self.flush_tx();
         self.release_slots();
         self.maybe_read_stats();
+        self.last_handed = handed;
         Ok(handed)
     }
 
@@ -2213,6 +2329,35 @@ mod tests {
             ..RingConfig::default()
         };
         assert_eq!(tiny.timeout_ms(), 1);
+    }
+
+    #[test]
+    fn coalescing_waits_only_after_a_poll_that_found_frames() {
+        let bound = Duration::from_micros(50);
+        assert_eq!(coalesce_delay(0, bound), Duration::ZERO);
+        assert_eq!(coalesce_delay(1, bound), bound);
+        assert_eq!(coalesce_delay(RX_BATCH, bound), bound);
+        assert_eq!(coalesce_delay(3, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn coalescing_is_v2_only_and_bounded() {
+        let us = Duration::from_micros;
+        assert!(check_coalesce(RingVersion::V2, us(50)).is_ok());
+        assert!(check_coalesce(RingVersion::V2, MAX_RX_COALESCE).is_ok());
+        assert!(check_coalesce(RingVersion::V3, Duration::ZERO).is_ok());
+        let v3 = check_coalesce(RingVersion::V3, us(50)).unwrap_err();
+        assert!(v3.to_string().contains("TPACKET_V2 ring only"), "{v3}");
+        let long = check_coalesce(RingVersion::V2, us(1001)).unwrap_err();
+        assert!(long.to_string().contains("exceeds 1ms"), "{long}");
+    }
+
+    #[test]
+    fn coalescing_sleep_lasts_at_least_the_bound() {
+        set_timer_slack(COALESCE_TIMER_SLACK).expect("PR_SET_TIMERSLACK");
+        let start = std::time::Instant::now();
+        sleep_monotonic(Duration::from_micros(200));
+        assert!(start.elapsed() >= Duration::from_micros(200));
     }
 
     #[test]
