@@ -962,15 +962,19 @@ impl Phase {
         };
         if self.lossless {
             for (i, (vip, _)) in VIPS.iter().enumerate() {
-                if report.lost(i) > 0 {
-                    let what = if report.planned {
-                        "planned switchover"
-                    } else {
-                        "no-event baseline (the probe itself)"
-                    };
+                // A planned switchover is judged from its first event on:
+                // what was lost before it (a ring overrun while the
+                // machine is busy) is reported above, not the switchover's.
+                let (what, lost) = if report.planned {
+                    let lost = report.lost(i) - report.lost_before_event(i);
+                    ("planned switchover", lost)
+                } else {
+                    ("no-event baseline (the probe itself)", report.lost(i))
+                };
+                if lost > 0 {
                     report
                         .problems
-                        .push(format!("{vip}: {what} lost {} datagrams", report.lost(i)));
+                        .push(format!("{vip}: {what} lost {lost} datagrams"));
                 }
             }
         }
@@ -1308,11 +1312,14 @@ fn print_report(r: &Report) {
         Pair::Keepalived => "pair=keepalived ",
     };
     println!(
-        "RESULT {pair}phase={} planned={} vip1_lost={} vip2_lost={} ok={}",
+        "RESULT {pair}phase={} planned={} vip1_lost={} vip2_lost={} vip1_lost_before_event={} \
+         vip2_lost_before_event={} ok={}",
         phase_key(r.label),
         r.planned,
         r.lost(0),
         r.lost(1),
+        r.lost_before_event(0),
+        r.lost_before_event(1),
         r.ok
     );
 }
