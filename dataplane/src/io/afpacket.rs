@@ -43,8 +43,8 @@
 //! it sleeps, the kernel finds no waiter on the socket and wakes nobody.
 //! Off by default: on the lab VM (bench/README.md, "RX ring", coalescing)
 //! a timer wake-up costs more than the poll(2) wake-ups it replaces, so
-//! 25-100 µs bounds raised CPU per packet at 200 kpps (1.17-1.29x V3's,
-//! plain V2 1.12x) and added 13-40 µs at the median at 20 kpps. It may pay
+//! 25-100 µs bounds raised CPU per packet at 200 kpps (1.18-1.32x V3's,
+//! plain V2 1.13x) and added 2-41 µs at the median at 20 kpps. It may pay
 //! where timers are cheap (bare metal) and arrivals sparse; measure first.
 //!
 //! The socket filter (SO_ATTACH_FILTER, [`socket_filter_program`]) runs in
