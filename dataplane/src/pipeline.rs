@@ -93,6 +93,9 @@ pub struct PipelineConfig {
     pub conn: ConnTableConfig,
     /// Most connections expired per [`Pipeline::expire`] call.
     pub expire_budget: usize,
+    /// Pick up TCP flows mid-flow on Maglev and source-hash services (see
+    /// [`Opening::MidFlow`]); off, only a SYN opens a connection.
+    pub mid_flow_pickup: bool,
 }
 
 impl Default for PipelineConfig {
@@ -101,6 +104,7 @@ impl Default for PipelineConfig {
             worker: 0,
             conn: ConnTableConfig::default(),
             expire_budget: 256,
+            mid_flow_pickup: true,
         }
     }
 }
@@ -111,6 +115,7 @@ pub struct Pipeline {
     counters: Arc<WorkerCounters>,
     worker: usize,
     expire_budget: usize,
+    mid_flow_pickup: bool,
     /// rr/wrr cursors per service id.
     sched: FxHashMap<u32, SchedState>,
     /// This worker's live connections per backend id (for lc and status).
@@ -212,6 +217,7 @@ impl Pipeline {
             counters: Arc::new(WorkerCounters::default()),
             worker: config.worker,
             expire_budget: config.expire_budget.max(1),
+            mid_flow_pickup: config.mid_flow_pickup,
             sched: FxHashMap::default(),
             active: Arc::new(BackendGauges::default()),
             lc_scratch: Vec::with_capacity(64),
@@ -647,6 +653,9 @@ impl Pipeline {
             },
             None => {
                 let opening = match opening_of(l4.proto, flags, service.scheduler) {
+                    Some(Opening::MidFlow) if !self.mid_flow_pickup => {
+                        return Drop(DropReason::NoConnection)
+                    }
                     Some(opening) => opening,
                     None => return Drop(DropReason::NoConnection),
                 };

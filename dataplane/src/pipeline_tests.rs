@@ -550,6 +550,23 @@ fn mid_flow_acks_are_picked_up_on_the_backend_the_flow_has() {
     }
 }
 
+/// `mid_flow_pickup = false`: only a SYN opens a connection, even on Maglev.
+#[test]
+fn mid_flow_pickup_can_be_turned_off() {
+    let mut b = Bench::new();
+    b.p = Pipeline::new(&PipelineConfig {
+        mid_flow_pickup: false,
+        ..PipelineConfig::default()
+    })
+    .unwrap();
+    let (v, _) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 40001, VIP4, 80, ACK, 64));
+    assert_eq!(v, Verdict::Drop);
+    assert_eq!(b.drops(DropReason::NoConnection), 1);
+    assert_eq!(b.count(Counter::ConnPickedUp), 0);
+    let (v, _) = b.run(CLIENT_IF, tcp_frame(CLIENT4, 40001, VIP4, 80, SYN, 64));
+    assert_eq!(tx_on(v), BACKEND_IF);
+}
+
 /// rr, wrr and lc would pick some other backend for a picked-up flow:
 /// there, only a SYN opens a connection.
 #[test]

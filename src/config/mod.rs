@@ -37,6 +37,7 @@
 //! ring_block_timeout = "1ms"
 //! conn_capacity = 1048576                        # per worker
 //! disable_offloads = true
+//! mid_flow_pickup = true                         # maglev/sh: a TCP ACK without a connection opens one
 //! [dataplane.timeouts]
 //! tcp_syn = "60s"
 //! tcp_established = "900s"

@@ -87,6 +87,9 @@ pub struct DataplaneConfig {
     pub timeouts: ConnTimeouts,
     /// Turn GRO/LRO/TSO off on dataplane links at start, restore on exit.
     pub disable_offloads: bool,
+    /// A client's TCP ACK with no connection opens one on Maglev and
+    /// source-hash services (flows an ECMP rehash or a failover moved here).
+    pub mid_flow_pickup: bool,
 }
 
 /// Packet I/O backend of the workers.
@@ -238,6 +241,7 @@ impl Default for DataplaneConfig {
             conn_capacity: DEFAULT_CONN_CAPACITY,
             timeouts: ConnTimeouts::default(),
             disable_offloads: true,
+            mid_flow_pickup: true,
         }
     }
 }

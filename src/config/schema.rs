@@ -49,6 +49,7 @@ const DATAPLANE_KEYS: &[&str] = &[
     "conn_capacity",
     "timeouts",
     "disable_offloads",
+    "mid_flow_pickup",
 ];
 const TIMEOUT_KEYS: &[&str] = &["tcp_syn", "tcp_established", "tcp_closing", "udp"];
 const SERVICE_KEYS: &[&str] = &[
@@ -330,6 +331,9 @@ fn read_dataplane(root: &Section) -> DataplaneConfig {
     }
     if let Some(b) = s.boolean("disable_offloads") {
         dp.disable_offloads = b.value;
+    }
+    if let Some(b) = s.boolean("mid_flow_pickup") {
+        dp.mid_flow_pickup = b.value;
     }
     read_timeouts(&s, &mut dp.timeouts);
     dp
@@ -837,6 +841,20 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn mid_flow_pickup_defaults_on_and_takes_a_boolean() {
+        let read = |lines: &str| crate::config::validate_str(&with_coalesce(lines), "t.toml", None);
+        assert!(read("").expect("valid").dataplane.mid_flow_pickup);
+        let off = read("mid_flow_pickup = false").expect("valid");
+        assert!(!off.dataplane.mid_flow_pickup);
+        let errors = coalesce_errors("mid_flow_pickup = \"no\"");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("t.toml:6:19: dataplane.mid_flow_pickup:"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -139,6 +139,7 @@ fn run_with(
             worker: id,
             conn: conn_config(config, id),
             expire_budget: 256,
+            mid_flow_pickup: config.dataplane.mid_flow_pickup,
         })
         .map_err(|e| anyhow!("dataplane.conn_capacity / timeouts: {e}"))?;
         pipelines.push(pipeline);
