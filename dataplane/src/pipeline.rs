@@ -652,12 +652,9 @@ impl Pipeline {
                 }
             },
             None => {
-                let opening = match opening_of(l4.proto, flags, service.scheduler) {
-                    Some(Opening::MidFlow) if !self.mid_flow_pickup => {
-                        return Drop(DropReason::NoConnection)
-                    }
-                    Some(opening) => opening,
-                    None => return Drop(DropReason::NoConnection),
+                let pick_up = self.mid_flow_pickup && service.scheduler.is_consistent();
+                let Some(opening) = opening_of(l4.proto, flags, pick_up) else {
+                    return Drop(DropReason::NoConnection);
                 };
                 if !meta.csum_not_ready && !l4_checksum_ok(frame, ip, l4.proto) {
                     return Drop(DropReason::BadL4Checksum);
@@ -1152,12 +1149,12 @@ fn may_concern_backend(svc: &ServiceSnapshot, protocol: IpProtocol) -> bool {
 }
 
 /// How a client's packet without a connection entry opens one; `None`:
-/// it opens nothing (a lone RST, a SYN+ACK, a segment without ACK).
-/// Mid-flow only on Maglev and source-hash services: every node picks the
-/// backend the flow already has (with the same backends), so the
-/// connection goes on; rr, wrr and lc would pick some other backend, which
-/// could only reset it.
-fn opening_of(proto: L4Proto, flags: TcpFlags, scheduler: SchedulerKind) -> Option<Opening> {
+/// it opens nothing (a lone RST, a SYN+ACK, a segment without ACK, or a
+/// mid-flow ACK unless `pick_up`). Mid-flow pickup is for consistent
+/// schedulers only ([`SchedulerKind::is_consistent`]): every node picks
+/// the backend the flow already has, so the connection goes on; rr, wrr
+/// and lc would pick some other backend, which could only reset it.
+fn opening_of(proto: L4Proto, flags: TcpFlags, pick_up: bool) -> Option<Opening> {
     if proto == L4Proto::Udp {
         return Some(Opening::First);
     }
@@ -1166,9 +1163,8 @@ fn opening_of(proto: L4Proto, flags: TcpFlags, scheduler: SchedulerKind) -> Opti
     if syn && !ack {
         return Some(Opening::First);
     }
-    let consistent = matches!(scheduler, SchedulerKind::Maglev | SchedulerKind::Sh);
     let mid_flow = ack && !syn && !flags.contains(TcpFlags::RST);
-    (mid_flow && consistent).then_some(Opening::MidFlow)
+    (mid_flow && pick_up).then_some(Opening::MidFlow)
 }
 
 /// Drops `r`'s connection from the per-backend counts.

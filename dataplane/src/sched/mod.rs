@@ -60,6 +60,13 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
+    /// Picks from the flow and the backends alone (no per-node state such
+    /// as a round-robin cursor or connection counts): every node with the
+    /// same backends picks the same one for a flow.
+    pub fn is_consistent(self) -> bool {
+        matches!(self, SchedulerKind::Maglev | SchedulerKind::Sh)
+    }
+
     /// Every kind, in the order names are listed in errors.
     pub const ALL: [SchedulerKind; 5] = [
         SchedulerKind::Rr,
