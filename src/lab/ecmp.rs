@@ -54,6 +54,7 @@ use serde_json::{json, Value};
 mod timing;
 
 use super::failover::Gw;
+use super::ip_out;
 use super::probe::{gaps, sleep_unless_interrupted, Flow, Gap, KeptConnections, Probe};
 use super::scenario::{http_request, udp_request_from};
 use crate::netlink::{Family, RtNetlink};
@@ -701,14 +702,7 @@ impl EcmpLab {
         let status = self
             .request(gw, &json!({"cmd": "status"}))
             .unwrap_or(Value::Null);
-        status["workers"]
-            .as_array()
-            .map(|ws| {
-                ws.iter()
-                    .map(|w| w["counters"][name].as_u64().unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0)
+        super::worker_counter(&status, name)
     }
 
     /// Source ports of `proto` ("udp", "tcp") the backend host saw arrive
@@ -815,19 +809,7 @@ impl Drop for EcmpLab {
         for c in &children {
             super::terminate_pid(c.id() as i32);
         }
-        let deadline = Instant::now() + Duration::from_secs(6);
-        for c in &mut children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !matches!(c.try_wait(), Ok(Some(_))) {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        super::reap_by(&mut children, Instant::now() + Duration::from_secs(6));
         // The NetNs values delete their namespaces when dropped after this.
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -885,44 +867,7 @@ fn no_offloads(ns: &NetNs, links: &[&str]) -> Result<()> {
 
 /// `nft -f -` with `rules` in namespace `ns`.
 fn nft(ns: &NetNs, ns_name: &str, rules: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (nftables) for the backend host's reply routing")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(rules.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft -f in {ns_name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// `ip -n NS ARGS`'s output.
-fn ip_out(ns: &str, args: &str) -> Result<String> {
-    let out = Command::new("ip")
-        .arg("-n")
-        .arg(ns)
-        .args(args.split_whitespace())
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip -n {ns} {args}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    super::nft_apply(ns, ns_name, rules, "for the backend host's reply routing")
 }
 
 /// The word after `key` in `text`.

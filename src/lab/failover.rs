@@ -667,15 +667,8 @@ impl FailoverLab {
     /// Connections `gw`'s dataplane picked up mid-flow (0 if it cannot
     /// tell).
     fn picked_up(&self, gw: Gw) -> u64 {
-        let Some(status) = self.status(gw) else {
-            return 0;
-        };
-        status["workers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|w| w["counters"]["conn_picked_up"].as_u64().unwrap_or(0))
-            .sum()
+        self.status(gw)
+            .map_or(0, |s| super::worker_counter(&s, "conn_picked_up"))
     }
 
     /// Waits until `gw` reports `instance` as MASTER; the time it took.
@@ -731,19 +724,7 @@ impl Drop for FailoverLab {
         for k in self.keepaliveds.iter_mut().filter_map(Option::take) {
             drop(k);
         }
-        let deadline = Instant::now() + Duration::from_secs(6);
-        for c in &mut children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !matches!(c.try_wait(), Ok(Some(_))) {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        super::reap_by(&mut children, Instant::now() + Duration::from_secs(6));
         // The NetNs values delete their namespaces when dropped after this.
         let _ = fs::remove_dir_all(&self.dir);
     }

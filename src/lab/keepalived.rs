@@ -117,26 +117,7 @@ pub fn nat_ruleset(services: &[(SocketAddrV4, SocketAddrV4)]) -> String {
 pub fn kernel_nat(ns: &crate::netns::NetNs, ns_name: &str, ruleset: &str) -> Result<()> {
     ns.run(|| fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
         .context("net.ipv4.ip_forward=1 in a gateway namespace")?;
-    let mut nft = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (nftables)")?;
-    if let Some(mut stdin) = nft.stdin.take() {
-        use std::io::Write;
-        stdin.write_all(ruleset.as_bytes())?;
-    }
-    let out = nft.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft -f in {ns_name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    super::nft_apply(ns, ns_name, ruleset, "for kernel NAT")
 }
 
 /// One keepalived (parent and VRRP child) in a gateway namespace. Dropping

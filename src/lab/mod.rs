@@ -501,17 +501,28 @@ impl Drop for Lab {
 
 /// SIGTERM, wait up to 5 s (the daemon restores its changes), then SIGKILL.
 fn stop_child(child: &mut Child) {
-    let pid = child.id() as i32;
-    terminate_pid(pid);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+    terminate_pid(child.id() as i32);
+    reap_by(
+        std::slice::from_mut(child),
+        Instant::now() + Duration::from_secs(5),
+    );
+}
+
+/// Waits until `deadline` for each of `children` (already asked to stop)
+/// to exit; SIGKILLs and reaps the ones still running then.
+fn reap_by(children: &mut [Child], deadline: Instant) {
+    for c in children {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if !matches!(c.try_wait(), Ok(Some(_))) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn terminate_pid(pid: i32) {
@@ -584,9 +595,25 @@ fn is_vipgate(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Worker counter `name` of a daemon's `status` answer, summed over its
+/// workers (0 where the answer has none).
+fn worker_counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| w["counters"][name].as_u64().unwrap_or(0))
+        .sum()
+}
+
 /// Runs `ip -n NS ARGS` (iproute2: bridge ports, policy rules and the
 /// like, beyond the lab's netlink helpers).
 fn ip(ns: &str, args: &str) -> Result<()> {
+    ip_out(ns, args).map(drop)
+}
+
+/// `ip -n NS ARGS`'s output.
+fn ip_out(ns: &str, args: &str) -> Result<String> {
     let out = std::process::Command::new("ip")
         .arg("-n")
         .arg(ns)
@@ -597,6 +624,31 @@ fn ip(ns: &str, args: &str) -> Result<()> {
     if !out.status.success() {
         bail!(
             "ip -n {ns} {args}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `nft -f -` with `rules` in namespace `ns` (named `ns_name` in errors);
+/// `why` says what the rules are for when nft cannot be run.
+fn nft_apply(ns: &NetNs, ns_name: &str, rules: &str, why: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running nft (nftables) {why}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft -f in {ns_name}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
