@@ -4,11 +4,13 @@
 //! daemon feeds to BGP and VRRP.
 //!
 //! Split as elsewhere in vipgate: [`state`] is the sans-IO core (counting,
-//! schedule, service verdict; no clocks, no sockets), [`probe`] runs one
-//! check with kernel sockets or a child process, and [`Checker`] is the
-//! thin shell: one dedicated thread with a tokio current-thread runtime
-//! that starts due checks, feeds their results to the state and hands the
-//! transitions to the daemon.
+//! schedule, service verdict; no clocks, no sockets), `http` the sans-IO
+//! wire format, [`probe`] runs one check with kernel sockets or a child
+//! process, `epoll` runs the TCP and plain HTTP checks as state machines
+//! on one epoll set (the common case, kept cheapest: see its module
+//! docs), and [`Checker`] is the thin shell: one dedicated thread with a
+//! tokio current-thread runtime that starts due checks, feeds their
+//! results to the state and hands the transitions to the daemon.
 //!
 //! Owns: the checks' sockets and child processes (ended by process group
 //! on timeout and on shutdown), the per-backend verdicts. Must not: touch
@@ -17,6 +19,7 @@
 
 #![deny(unsafe_code)]
 
+mod epoll;
 mod http;
 pub mod probe;
 mod runner;

@@ -3,6 +3,11 @@
 //! the spec's timeout and source address; a check makes up to
 //! `1 + retries` attempts and reports the last one.
 //!
+//! HTTPS, UDP and command checks run here as tokio tasks; TCP and plain
+//! HTTP checks run on the checker thread's epoll set (`super::epoll`) and
+//! share from here the socket set-up (`new_socket`, `start_connect`),
+//! the sans-IO HTTP `Response` reader and the retry rule (`settle`).
+//!
 //! Owns: the probe sockets (closed with RST once the answer is in, so a
 //! thousand checks a second leave no TIME_WAIT behind on either side) and
 //! the command's process group (killed on timeout and when the check is
@@ -24,6 +29,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
+use super::epoll;
 use super::http::{self, ChunkError, Chunked, Framing};
 use super::tls::{self, TlsConfigs};
 use super::{CheckKind, CheckResult, CheckSpec, TargetId, MAX_BODY, MAX_HEAD};
@@ -39,21 +45,21 @@ const FIRST_READ: usize = 896;
 const REAP_WAIT: Duration = Duration::from_secs(1);
 
 /// What an attempt found: `Ok(reason)` healthy, `Err(reason)` not.
-type Outcome = Result<String, String>;
+pub(super) type Outcome = Result<String, String>;
 
 /// A check ready to run: the spec and what can be computed once (the
 /// HTTP request bytes, the TLS connector and server name).
 #[derive(Debug)]
 pub(super) struct Prepared {
     pub spec: CheckSpec,
-    http: Option<HttpPlan>,
+    pub http: Option<HttpPlan>,
 }
 
 #[derive(Debug)]
-struct HttpPlan {
-    request: Vec<u8>,
-    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
-    needs_body: bool,
+pub(super) struct HttpPlan {
+    pub request: Vec<u8>,
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    pub needs_body: bool,
 }
 
 impl Prepared {
@@ -92,15 +98,21 @@ impl Prepared {
 
 /// Runs one check of `spec` on a current-thread runtime of its own and
 /// returns its result (for the CLI and tests; the [`super::Checker`]
-/// runs checks on its own thread). Blocks for up to `(1 + retries) ×
-/// (timeout + retry_delay)`.
+/// runs checks on its own thread, the same way: TCP and plain HTTP checks
+/// on an epoll set of `super::epoll`, the others as tokio tasks). Blocks
+/// for up to `(1 + retries) × (timeout + retry_delay)`.
 pub fn check_once(spec: &CheckSpec) -> io::Result<CheckResult> {
     spec.validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let prepared = Prepared::new(spec.clone(), &TlsConfigs::default())?;
+    let prepared = Arc::new(Prepared::new(spec.clone(), &TlsConfigs::default())?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The path the checker thread would take, so what is tested here is
+    // what runs there.
+    if epoll::handles(&prepared) {
+        return runtime.block_on(epoll::run_one(prepared));
+    }
     Ok(runtime.block_on(run(&prepared, 0)))
 }
 
@@ -113,19 +125,9 @@ pub(super) async fn run(prepared: &Prepared, id: TargetId) -> CheckResult {
         let started = Instant::now();
         let outcome = attempt(prepared).await;
         let at = Instant::now();
-        let (ok, reason) = match outcome {
-            Ok(reason) => (true, reason),
-            Err(reason) if attempts > spec.retries => {
-                let reason = match attempts {
-                    1 => reason,
-                    n => format!("{reason} ({n} attempts)"),
-                };
-                (false, reason)
-            }
-            Err(_) => {
-                tokio::time::sleep(spec.retry_delay).await;
-                continue;
-            }
+        let Some((ok, reason)) = settle(outcome, attempts, spec.retries) else {
+            tokio::time::sleep(spec.retry_delay).await;
+            continue;
         };
         return CheckResult {
             id,
@@ -137,11 +139,34 @@ pub(super) async fn run(prepared: &Prepared, id: TargetId) -> CheckResult {
     }
 }
 
+/// What the outcome of attempt number `attempts` (from 1) means for the
+/// check: its verdict and reason, or None when another attempt follows.
+pub(super) fn settle(outcome: Outcome, attempts: u32, retries: u32) -> Option<(bool, String)> {
+    match outcome {
+        Ok(reason) => Some((true, reason)),
+        Err(_) if attempts <= retries => None,
+        Err(reason) if attempts == 1 => Some((false, reason)),
+        Err(reason) => Some((false, format!("{reason} ({attempts} attempts)"))),
+    }
+}
+
 async fn attempt(p: &Prepared) -> Outcome {
     let spec = &p.spec;
     match (&spec.kind, &p.http) {
-        (CheckKind::Tcp { target }, _) => timed(spec.timeout, tcp(*target, spec.source)).await,
-        (CheckKind::Http { .. }, Some(plan)) => timed(spec.timeout, http_check(spec, plan)).await,
+        (
+            CheckKind::Http { target, .. },
+            Some(
+                plan @ HttpPlan {
+                    tls: Some((connector, name)),
+                    ..
+                },
+            ),
+        ) => {
+            // Boxed: a TLS session is kilobytes, which would otherwise be
+            // part of (and copied with) every check's task.
+            let check = Box::pin(https(*target, spec, plan, connector, name));
+            timed(spec.timeout, check).await
+        }
         (
             CheckKind::Udp {
                 target,
@@ -155,7 +180,8 @@ async fn attempt(p: &Prepared) -> Outcome {
         }
         // Boxed: the process handles would otherwise size every task.
         (CheckKind::Command { argv, env }, _) => Box::pin(command(argv, env, spec.timeout)).await,
-        (CheckKind::Http { .. }, None) => Err("internal: HTTP check not prepared".into()),
+        // TCP and plain HTTP checks run on the epoll set.
+        (kind, _) => Err(format!("internal: a {} check is not a task", kind.name())),
     }
 }
 
@@ -167,7 +193,7 @@ async fn timed(timeout: Duration, probe: impl Future<Output = Outcome>) -> Outco
 }
 
 /// "connect refused", "recv host unreachable", ...
-fn io_reason(op: &str, e: &io::Error) -> String {
+pub(super) fn io_reason(op: &str, e: &io::Error) -> String {
     use io::ErrorKind as K;
     let what = match e.kind() {
         K::ConnectionRefused => "refused",
@@ -185,15 +211,39 @@ fn io_reason(op: &str, e: &io::Error) -> String {
 }
 
 /// A connected TCP stream from `source` (if any) that closes with RST.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let socket = open(target, source)?;
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))
+        .map_err(|e| io_reason("socket", &e))?;
+    let ready = stream
+        .ready(Interest::WRITABLE | Interest::ERROR)
+        .await
+        .map_err(|e| io_reason("connect", &e))?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(connect_failure(stream.take_error()));
+    }
+    Ok(stream)
+}
+
+/// A non-blocking TCP socket from `source` (if any) whose connect to
+/// `target` has started, and that closes with RST.
 ///
 /// Kept to the system calls a probe needs: socket (non-blocking and
 /// close-on-exec in one call), setsockopt for the zero linger (before the
 /// connect, so the RST close is set whatever happens next), the optional
-/// bind, connect, and the registration with epoll. No
-/// getsockopt(SO_ERROR) after a connect that worked: a connecting socket
-/// polls writable only once the handshake is done and reports a failed
-/// connect with EPOLLERR/EPOLLHUP, so the error is read only then.
-async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+/// bind, and connect. No getsockopt(SO_ERROR) after a connect that
+/// worked: a connecting socket polls writable only once the handshake is
+/// done and reports a failed connect with EPOLLERR/EPOLLHUP, so the error
+/// is read only then.
+pub(super) fn open(target: SocketAddr, source: Option<IpAddr>) -> Result<Socket, String> {
+    let socket = new_socket(target, source)?;
+    start_connect(&socket, target)?;
+    Ok(socket)
+}
+
+/// A non-blocking TCP socket for `target`'s family, bound to `source` if
+/// given, that closes with RST.
+pub(super) fn new_socket(target: SocketAddr, source: Option<IpAddr>) -> Result<Socket, String> {
     let socket = Socket::new(
         Domain::for_address(target),
         Type::STREAM.nonblocking(),
@@ -214,33 +264,25 @@ async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream
             .bind(&SocketAddr::new(source, 0).into())
             .map_err(|e| io_reason("bind", &e))?;
     }
-    match socket.connect(&target.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(io_reason("connect", &e)),
-    }
-    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))
-        .map_err(|e| io_reason("socket", &e))?;
-    let ready = stream
-        .ready(Interest::WRITABLE | Interest::ERROR)
-        .await
-        .map_err(|e| io_reason("connect", &e))?;
-    if ready.is_error() || ready.is_write_closed() {
-        return Err(connect_failure(&stream));
-    }
-    Ok(stream)
+    Ok(socket)
 }
 
-/// Why a connect that polled an error or a hang-up failed.
-fn connect_failure(stream: &TcpStream) -> String {
-    match stream.take_error() {
+/// Starts a non-blocking connect of `socket` to `target`.
+pub(super) fn start_connect(socket: &Socket, target: SocketAddr) -> Result<(), String> {
+    match socket.connect(&target.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+        Err(e) => Err(io_reason("connect", &e)),
+    }
+}
+
+/// Why a connect that polled an error or a hang-up failed, from the
+/// socket's pending error (`take_error()` of the socket or stream).
+pub(super) fn connect_failure(pending: io::Result<Option<io::Error>>) -> String {
+    match pending {
         Ok(Some(e)) | Err(e) => io_reason("connect", &e),
         Ok(None) => "connect closed".into(),
     }
-}
-
-async fn tcp(target: SocketAddr, source: Option<IpAddr>) -> Outcome {
-    connect(target, source).await.map(|_| "connected".into())
 }
 
 async fn udp(
@@ -286,28 +328,15 @@ fn udp_reason(op: &str, e: &io::Error) -> String {
     io_reason(op, e)
 }
 
-async fn http_check(spec: &CheckSpec, plan: &HttpPlan) -> Outcome {
-    let CheckKind::Http { target, .. } = &spec.kind else {
-        return Err("internal: not an HTTP check".into());
-    };
-    let stream = connect(*target, spec.source).await?;
-    match &plan.tls {
-        None => exchange(stream, spec, plan).await,
-        // Boxed: a TLS session is kilobytes, which would otherwise be part
-        // of (and copied with) every check's task, HTTPS or not.
-        Some((connector, name)) => {
-            Box::pin(tls_exchange(stream, spec, plan, connector, name)).await
-        }
-    }
-}
-
-async fn tls_exchange(
-    stream: TcpStream,
+/// An HTTPS check: connect, TLS handshake, then the HTTP exchange.
+async fn https(
+    target: SocketAddr,
     spec: &CheckSpec,
     plan: &HttpPlan,
     connector: &Arc<ClientConfig>,
     name: &ServerName<'static>,
 ) -> Outcome {
+    let stream = connect(target, spec.source).await?;
     let tls = TlsConnector::from(connector.clone())
         .connect(name.clone(), stream)
         .await
@@ -321,59 +350,15 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     spec: &CheckSpec,
     plan: &HttpPlan,
 ) -> Outcome {
-    let CheckKind::Http {
-        expect_status,
-        body_contains,
-        body_sha256,
-        ..
-    } = &spec.kind
-    else {
-        return Err("internal: not an HTTP check".into());
-    };
     stream
         .write_all(&plan.request)
         .await
         .map_err(|e| io_reason("send", &e))?;
-    let mut buf = Vec::with_capacity(FIRST_READ);
-    let head = read_head(&mut stream, &mut buf).await?;
-    if !http::status_expected(head.status, expect_status) {
-        return Err(format!("status {}", head.status));
-    }
-    if !plan.needs_body {
-        return Ok(format!("status {}", head.status));
-    }
-    buf.drain(..head.len);
-    let body = read_body(&mut stream, head.framing, buf).await?;
-    if let Some(text) = body_contains {
-        if !http::contains(&body, text.as_bytes()) {
-            return Err(format!("status {}, body lacks {text:?}", head.status));
-        }
-    }
-    if let Some(digest) = body_sha256 {
-        let got = ring::digest::digest(&ring::digest::SHA256, &body);
-        if got.as_ref() != digest {
-            return Err(format!("status {}, body sha256 differs", head.status));
-        }
-    }
-    Ok(format!("status {}, body matches", head.status))
-}
-
-/// Reads into `buf` until the response head is complete.
-async fn read_head<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<http::Head, String> {
+    let mut response = Response::new();
     loop {
-        if read_more(stream, buf).await? == 0 {
-            return Err("closed before the response head".into());
-        }
-        match http::parse_head(buf) {
-            Ok(Some(head)) => return Ok(head),
-            Ok(None) if buf.len() > MAX_HEAD => {
-                return Err(format!("response head over {MAX_HEAD} bytes"))
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("bad response: {e}")),
+        let n = read_more(&mut stream, response.buf()).await?;
+        if let Some(outcome) = response.advance(n, spec, plan) {
+            return outcome;
         }
     }
 }
@@ -384,10 +369,6 @@ async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<usize, String> {
-    if buf.len() == buf.capacity() {
-        // Doubles: a large body costs a few reads more, not a copy per read.
-        buf.reserve(buf.capacity().max(FIRST_READ));
-    }
     match stream.read_buf(buf).await {
         Ok(n) => Ok(n),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
@@ -395,58 +376,162 @@ async fn read_more<S: AsyncRead + Unpin>(
     }
 }
 
-/// Reads the body (at most [`MAX_BODY`] bytes) that `framing` delimits;
-/// `buf` holds what arrived after the head.
-async fn read_body<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    framing: Framing,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, String> {
-    let too_long = || format!("body over {MAX_BODY} bytes");
-    match framing {
-        Framing::Length(n) => {
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|n| *n <= MAX_BODY)
-                .ok_or_else(too_long)?;
-            while buf.len() < n {
-                if read_more(stream, &mut buf).await? == 0 {
-                    return Err("closed inside the body".into());
+/// One HTTP response being read and judged, sans-IO: the caller appends
+/// what it reads (from a TLS session or a plain socket) to [`Self::buf`]
+/// and calls [`Self::advance`] after each read, until an outcome comes
+/// back. Reads stop at the end of the framed body: the server may keep
+/// the connection open.
+pub(super) struct Response {
+    buf: Vec<u8>,
+    state: ReadState,
+}
+
+enum ReadState {
+    Head,
+    /// `buf` holds the body so far (the head is drained).
+    Body {
+        status: u16,
+        framing: Framing,
+    },
+    /// `buf` holds undecoded bytes, `body` the decoded body so far.
+    Chunked {
+        status: u16,
+        decoder: Chunked,
+        body: Vec<u8>,
+    },
+}
+
+impl Response {
+    pub fn new() -> Response {
+        Response {
+            buf: Vec::with_capacity(FIRST_READ),
+            state: ReadState::Head,
+        }
+    }
+
+    /// The buffer to read into, with room for at least one more read.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        if self.buf.len() == self.buf.capacity() {
+            // Doubles: a large body costs a few reads more, not a copy per
+            // read.
+            self.buf.reserve(self.buf.capacity().max(FIRST_READ));
+        }
+        &mut self.buf
+    }
+
+    /// After a read of `n` bytes into [`Self::buf`] (0: the stream
+    /// ended): the check's outcome once the response decides it.
+    pub fn advance(&mut self, n: usize, spec: &CheckSpec, plan: &HttpPlan) -> Option<Outcome> {
+        let eof = n == 0;
+        if let ReadState::Head = self.state {
+            let head = match http::parse_head(&self.buf) {
+                Ok(Some(head)) => head,
+                Ok(None) if eof => return Some(Err("closed before the response head".into())),
+                Ok(None) if self.buf.len() > MAX_HEAD => {
+                    return Some(Err(format!("response head over {MAX_HEAD} bytes")))
+                }
+                Ok(None) => return None,
+                Err(e) => return Some(Err(format!("bad response: {e}"))),
+            };
+            let CheckKind::Http { expect_status, .. } = &spec.kind else {
+                return Some(Err("internal: not an HTTP check".into()));
+            };
+            if !http::status_expected(head.status, expect_status) {
+                return Some(Err(format!("status {}", head.status)));
+            }
+            if !plan.needs_body {
+                return Some(Ok(format!("status {}", head.status)));
+            }
+            self.buf.drain(..head.len);
+            self.state = match head.framing {
+                Framing::Length(n) if n > MAX_BODY as u64 => return Some(Err(too_long())),
+                Framing::Chunked => ReadState::Chunked {
+                    status: head.status,
+                    decoder: Chunked::new(),
+                    body: Vec::new(),
+                },
+                framing => ReadState::Body {
+                    status: head.status,
+                    framing,
+                },
+            };
+            // What came with the head may hold the whole body already.
+            return self.body(false, spec);
+        }
+        self.body(eof, spec)
+    }
+
+    fn body(&mut self, eof: bool, spec: &CheckSpec) -> Option<Outcome> {
+        match &mut self.state {
+            ReadState::Head => None,
+            &mut ReadState::Body {
+                status,
+                framing: Framing::Length(n),
+            } => {
+                // At most MAX_BODY (checked above).
+                let n = usize::try_from(n).unwrap_or(MAX_BODY);
+                if self.buf.len() >= n {
+                    self.buf.truncate(n);
+                    Some(judge(status, &self.buf, spec))
+                } else if eof {
+                    Some(Err("closed inside the body".into()))
+                } else {
+                    None
                 }
             }
-            buf.truncate(n);
-            Ok(buf)
-        }
-        Framing::UntilClose => {
-            while read_more(stream, &mut buf).await? > 0 {
-                if buf.len() > MAX_BODY {
-                    return Err(too_long());
+            &mut ReadState::Body { status, .. } => {
+                if self.buf.len() > MAX_BODY {
+                    Some(Err(too_long()))
+                } else if eof {
+                    Some(judge(status, &self.buf, spec))
+                } else {
+                    None
                 }
             }
-            Ok(buf)
+            ReadState::Chunked {
+                status,
+                decoder,
+                body,
+            } => match decoder.feed(&self.buf, body, MAX_BODY) {
+                Ok(true) => Some(judge(*status, body, spec)),
+                Ok(false) if eof => Some(Err("closed inside the body".into())),
+                Ok(false) => {
+                    self.buf.clear();
+                    None
+                }
+                Err(ChunkError::TooLong) => Some(Err(too_long())),
+                Err(ChunkError::Http(e)) => Some(Err(format!("bad response: {e}"))),
+            },
         }
-        Framing::Chunked => read_chunked(stream, buf).await,
     }
 }
 
-async fn read_chunked<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    mut raw: Vec<u8>,
-) -> Result<Vec<u8>, String> {
-    let mut decoder = Chunked::new();
-    let mut body = Vec::new();
-    loop {
-        match decoder.feed(&raw, &mut body, MAX_BODY) {
-            Ok(true) => return Ok(body),
-            Ok(false) => {}
-            Err(ChunkError::TooLong) => return Err(format!("body over {MAX_BODY} bytes")),
-            Err(ChunkError::Http(e)) => return Err(format!("bad response: {e}")),
-        }
-        raw.clear();
-        if read_more(stream, &mut raw).await? == 0 {
-            return Err("closed inside the body".into());
+fn too_long() -> String {
+    format!("body over {MAX_BODY} bytes")
+}
+
+/// Judges a whole body against the check's substring and digest.
+fn judge(status: u16, body: &[u8], spec: &CheckSpec) -> Outcome {
+    let CheckKind::Http {
+        body_contains,
+        body_sha256,
+        ..
+    } = &spec.kind
+    else {
+        return Err("internal: not an HTTP check".into());
+    };
+    if let Some(text) = body_contains {
+        if !http::contains(body, text.as_bytes()) {
+            return Err(format!("status {status}, body lacks {text:?}"));
         }
     }
+    if let Some(digest) = body_sha256 {
+        let got = ring::digest::digest(&ring::digest::SHA256, body);
+        if got.as_ref() != digest {
+            return Err(format!("status {status}, body sha256 differs"));
+        }
+    }
+    Ok(format!("status {status}, body matches"))
 }
 
 /// Runs `argv` in its own process group; exit 0 is healthy. On timeout the

@@ -1,12 +1,14 @@
 //! The checker thread: one dedicated thread with a tokio current-thread
 //! runtime runs every check of every backend.
 //!
-//! A binary heap of due times says which check starts next; each running
-//! check is one task in a `JoinSet`; a finished check goes through its
+//! A binary heap of due times says which check starts next; a running
+//! TCP or plain HTTP check is a state machine on the thread's own epoll
+//! set ([`super::epoll`]), any other check (HTTPS, UDP, command) one task
+//! in a `JoinSet`; a finished check goes through its
 //! [`TargetState`], whose transitions go to the daemon over a channel and
 //! whose status is copied into a shared table for `vipgate status`. No
 //! thread or timer per backend: a thousand backends cost a heap of a
-//! thousand entries and at most a thousand small tasks.
+//! thousand entries and at most a thousand probes.
 //!
 //! Owns: the thread, its runtime, the targets' states. Must not: block
 //! (the daemon's control loop reads transitions without waiting).
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc as async_mpsc;
 use tokio::task::{AbortHandle, JoinError, JoinSet};
 
+use super::epoll::{self, Probes};
 use super::probe::{self, Prepared};
 use super::state::{TargetState, Timing};
 use super::tls::TlsConfigs;
@@ -78,7 +81,9 @@ impl Checker {
         let status = Arc::new(Mutex::new(states.iter().map(TargetState::status).collect()));
         let (control, control_rx) = async_mpsc::unbounded_channel();
         let (transitions_tx, transitions) = mpsc::channel();
-        let scheduler = Scheduler::new(prepared, states, status.clone(), transitions_tx, seed);
+        let shared = status.clone();
+        let scheduler =
+            move |probes| Scheduler::new(prepared, states, shared, transitions_tx, seed, probes);
         let (ready_tx, ready) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("vipgate-health".into())
@@ -207,8 +212,10 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+/// The thread's body: builds the runtime and the probes' epoll set in it,
+/// then the scheduler, and runs it until told to stop.
 fn checker_thread(
-    scheduler: Scheduler,
+    scheduler: impl FnOnce(Probes) -> Scheduler,
     control: async_mpsc::UnboundedReceiver<Control>,
     ready: mpsc::SyncSender<io::Result<Option<u32>>>,
 ) {
@@ -222,8 +229,19 @@ fn checker_thread(
             return;
         }
     };
+    let probes = {
+        let _in_runtime = runtime.enter();
+        Probes::new()
+    };
+    let probes = match probes {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let _ = ready.send(Ok(own_tid()));
-    runtime.block_on(scheduler.run(control));
+    runtime.block_on(scheduler(probes).run(control));
 }
 
 /// This thread's id, from the /proc/thread-self link ("<pid>/task/<tid>").
@@ -258,7 +276,13 @@ struct Slot {
     key: u64,
     prepared: Arc<Prepared>,
     state: TargetState,
-    running: Option<AbortHandle>,
+    running: Option<Running>,
+}
+
+/// Where a slot's running check is.
+enum Running {
+    Task(AbortHandle),
+    Probe(epoll::Token),
 }
 
 /// The checker thread's loop state.
@@ -270,6 +294,9 @@ struct Scheduler {
     /// (due, key); entries whose due time no longer matches their slot's
     /// are stale and skipped.
     due: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// TCP and plain HTTP checks.
+    probes: Probes,
+    /// The other checks (HTTPS, UDP, command).
     running: JoinSet<(u64, CheckResult)>,
     /// Task → slot key, to find the slot of a check that panicked.
     tasks: HashMap<tokio::task::Id, u64>,
@@ -285,12 +312,14 @@ impl Scheduler {
         status: Arc<Mutex<Vec<TargetStatus>>>,
         transitions: mpsc::Sender<Transition>,
         seed: u64,
+        probes: Probes,
     ) -> Scheduler {
         let mut s = Scheduler {
             slots: Vec::new(),
             index: HashMap::new(),
             next_key: 0,
             due: BinaryHeap::new(),
+            probes,
             running: JoinSet::new(),
             tasks: HashMap::new(),
             status,
@@ -324,8 +353,15 @@ impl Scheduler {
 
     async fn run(mut self, mut control: async_mpsc::UnboundedReceiver<Control>) {
         loop {
-            self.start_due(Instant::now());
-            let wake = self.due.peek().map(|Reverse((at, _))| *at);
+            let now = Instant::now();
+            self.start_due(now);
+            self.probes.expire(now);
+            self.probes_finished();
+            let next_start = self.due.peek().map(|Reverse((at, _))| *at);
+            let wake = match (next_start, self.probes.next_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 c = control.recv() => match c {
@@ -335,8 +371,12 @@ impl Scheduler {
                     }
                     Some(Control::Shutdown) | None => break,
                 },
+                () = self.probes.ready() => {
+                    self.probes.poll(Instant::now());
+                    self.probes_finished();
+                }
                 Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => {
-                    self.finished(done);
+                    self.task_finished(done);
                 }
                 () = sleep_until(wake) => {}
             }
@@ -361,21 +401,29 @@ impl Scheduler {
             }
             // An early start counts as on time, so the schedule does not
             // drift by the coalescing.
-            self.start(i, at.max(now));
+            self.start(i, at.max(now), now);
         }
     }
 
-    fn start(&mut self, i: usize, now: Instant) {
+    /// Starts slot `i`'s check at `now`, on the schedule as of `scheduled`.
+    fn start(&mut self, i: usize, scheduled: Instant, now: Instant) {
         let slot = &mut self.slots[i];
-        slot.state.begin(now);
+        slot.state.begin(scheduled);
         let prepared = slot.prepared.clone();
         let key = slot.key;
-        let abort = self.running.spawn(async move {
-            let result = probe::run(&prepared, i).await;
-            (key, result)
-        });
-        self.tasks.insert(abort.id(), key);
-        slot.running = Some(abort);
+        if epoll::handles(&prepared) {
+            // May finish at once (a connect refused on the spot): the
+            // result is picked up with the other probes' results.
+            let token = self.probes.start(key, i, prepared, now);
+            self.slots[i].running = Some(Running::Probe(token));
+        } else {
+            let abort = self.running.spawn(async move {
+                let result = probe::run(&prepared, i).await;
+                (key, result)
+            });
+            self.tasks.insert(abort.id(), key);
+            self.slots[i].running = Some(Running::Task(abort));
+        }
         // Only these two fields change: no copy of the last result.
         if let Some(entry) = lock(&self.status).get_mut(i) {
             entry.running = true;
@@ -383,7 +431,14 @@ impl Scheduler {
         }
     }
 
-    fn finished(&mut self, done: Result<(tokio::task::Id, (u64, CheckResult)), JoinError>) {
+    fn probes_finished(&mut self) {
+        let done: Vec<epoll::Finished> = self.probes.take_finished().collect();
+        for (key, result) in done {
+            self.finished(key, result);
+        }
+    }
+
+    fn task_finished(&mut self, done: Result<(tokio::task::Id, (u64, CheckResult)), JoinError>) {
         let (key, result) = match done {
             Ok((task, (key, result))) => {
                 self.tasks.remove(&task);
@@ -406,6 +461,10 @@ impl Scheduler {
                 (key, result)
             }
         };
+        self.finished(key, result);
+    }
+
+    fn finished(&mut self, key: u64, result: CheckResult) {
         let Some(&i) = self.index.get(&key) else {
             return;
         };
@@ -455,8 +514,10 @@ impl Scheduler {
             self.push_slot(slot);
         }
         for gone in old.into_iter().flatten() {
-            if let Some(abort) = gone.running {
-                abort.abort();
+            match gone.running {
+                Some(Running::Task(abort)) => abort.abort(),
+                Some(Running::Probe(token)) => self.probes.abort(token),
+                None => {}
             }
         }
         let table: Vec<TargetStatus> = self.slots.iter().map(|s| s.state.status()).collect();
@@ -465,7 +526,7 @@ impl Scheduler {
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn sleep_until(at: Option<Instant>) {
+pub(super) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

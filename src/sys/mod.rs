@@ -38,6 +38,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 
+pub mod epoll;
 pub mod packet;
 pub use ethtool::{Feature, Offload, OffloadGuard, OffloadState, Offloads};
 pub use nft::{BackendEndpoint, IngressFilter, L4Protocol, NftIngressGuard};
