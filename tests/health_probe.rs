@@ -147,10 +147,15 @@ impl Lab {
 
     /// `ss` lines of the namespace's TCP sockets in TIME_WAIT.
     fn time_wait(&self) -> String {
+        self.tcp_sockets("time-wait")
+    }
+
+    /// `ss` lines of the namespace's TCP sockets in `state`.
+    fn tcp_sockets(&self, state: &str) -> String {
         let out = self
             .ns
             .command("ss")
-            .args(["-Htan", "state", "time-wait"])
+            .args(["-Htan", "state", state])
             .output()
             .expect("running ss");
         assert!(out.status.success(), "ss failed");
@@ -746,6 +751,25 @@ fn source_address_echo_and_blackhole_timeouts() {
     };
     wait_recorded(&rec.udp_from, 3);
     wait_recorded(&rec.tcp_from, 1);
+    assert_eq!(rec.tcp_from.lock().unwrap()[0].ip(), ip(SOURCE));
+    // A checker's probes reuse their sockets (disconnected between
+    // checks): every check must still be a connection of its own, from a
+    // new port and from the source address.
+    let mut repeated = tcp(target);
+    repeated.source = Some(ip(SOURCE));
+    repeated.interval = Duration::from_millis(20);
+    repeated.jitter = 0.0;
+    let checker = lab.checker(vec![repeated]);
+    wait_recorded(&rec.tcp_from, 13);
+    let status = checker.status();
+    checker.shutdown();
+    assert!(status[0].healthy && status[0].failures == 0, "{status:?}");
+    let probes: Vec<SocketAddr> = rec.tcp_from.lock().unwrap().drain(1..).collect();
+    assert!(probes.iter().all(|a| a.ip() == ip(SOURCE)), "{probes:?}");
+    let mut ports: Vec<u16> = probes.iter().map(|a| a.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), probes.len(), "a port used twice: {probes:?}");
     let udp_ips: Vec<IpAddr> = rec
         .udp_from
         .lock()
@@ -754,7 +778,6 @@ fn source_address_echo_and_blackhole_timeouts() {
         .map(|a| a.ip())
         .collect();
     assert_eq!(udp_ips, vec![ip(SOURCE), ip(SERVER), ip(SERVER)]);
-    assert_eq!(rec.tcp_from.lock().unwrap()[0].ip(), ip(SOURCE));
 
     // 198.18.99.99 is on bh0's link but nobody answers: every kind of
     // probe runs into its timeout.
@@ -787,6 +810,43 @@ fn source_address_echo_and_blackhole_timeouts() {
         "timeout after 300ms (3 attempts)",
     );
     assert!(started.elapsed() >= Duration::from_millis(3 * 300 + 2 * 100));
+
+    // A reload that drops a target ends its running check: the probe's
+    // socket closes at once. A target kept keeps its running check, whose
+    // result arrives under the new index.
+    let slow = |mut s: CheckSpec| {
+        s.timeout = Duration::from_millis(1500);
+        s.interval = Duration::from_secs(30);
+        s.jitter = 0.0;
+        s
+    };
+    let connecting = || lab.tcp_sockets("syn-sent").lines().count();
+    let checker = lab.checker(vec![slow(tcp(hole)), slow(http(hole, "/"))]);
+    wait_until(Duration::from_secs(1), "both probes connecting", || {
+        connecting() == 2
+    });
+    let mut other = quick(CheckKind::Command {
+        argv: vec!["/bin/true".into()],
+        env: Vec::new(),
+    });
+    other.interval = Duration::from_secs(30);
+    checker
+        .replace(vec![other, slow(http(hole, "/"))])
+        .expect("replacing the targets");
+    assert_eq!(connecting(), 1, "the dropped probe's socket is closed");
+    wait_until(Duration::from_secs(3), "the kept probe's timeout", || {
+        checker.status()[1].last.is_some()
+    });
+    let kept = checker.status()[1].clone();
+    assert_eq!(kept.id, 1);
+    // The neighbour entry of the hole may have failed by now.
+    let reason = kept.last.map(|l| l.reason).unwrap_or_default();
+    assert!(
+        reason == "timeout after 1.5s" || reason == "connect host unreachable",
+        "{reason}"
+    );
+    assert_eq!(connecting(), 0);
+    checker.shutdown();
 }
 
 #[test]
