@@ -690,6 +690,63 @@ mod tests {
         assert_eq!(r.reason, "exit 1 (3 attempts)");
     }
 
+    /// Feeds `wire` to a [`Response`] in pieces of `piece` bytes, then the
+    /// end of the stream if it is still undecided.
+    fn read_response(spec: &CheckSpec, wire: &[u8], piece: usize) -> Outcome {
+        let prepared = Prepared::new(spec.clone(), &TlsConfigs::default()).unwrap();
+        let plan = prepared.http.as_ref().unwrap();
+        let mut response = Response::new();
+        for chunk in wire.chunks(piece) {
+            response.buf().extend_from_slice(chunk);
+            if let Some(outcome) = response.advance(chunk.len(), spec, plan) {
+                return outcome;
+            }
+        }
+        response
+            .advance(0, spec, plan)
+            .unwrap_or_else(|| Err("undecided at the end".into()))
+    }
+
+    #[test]
+    fn the_response_reader_decides_the_same_whatever_the_reads() {
+        let target = "198.18.0.1:80".parse().unwrap();
+        let plain = CheckSpec::new(CheckKind::http(target, "/"));
+        let mut body = plain.clone();
+        if let CheckKind::Http { body_contains, .. } = &mut body.kind {
+            *body_contains = Some("ok".into());
+        }
+        let cases: &[(&CheckSpec, &[u8], Outcome)] = &[
+            (&plain, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Ok("status 200".into())),
+            (&plain, b"HTTP/1.1 503 No\r\n\r\n", Err("status 503".into())),
+            (&plain, b"HTTP/1.1 200 OK\r\nContent", Err("closed before the response head".into())),
+            (&plain, b"SSH-2.0-OpenSSH\r\n\r\n", Err("bad response: bad status line".into())),
+            (&body, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Ok("status 200, body matches".into())),
+            (&body, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok", Err("closed inside the body".into())),
+            (&body, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno", Err("status 200, body lacks \"ok\"".into())),
+            (&body, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n", Ok("status 200, body matches".into())),
+            (&body, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n", Err("closed inside the body".into())),
+            (&body, b"HTTP/1.0 200 OK\r\n\r\nit is ok", Ok("status 200, body matches".into())),
+            (&body, b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", Err(format!("body over {MAX_BODY} bytes"))),
+        ];
+        for (spec, wire, expected) in cases {
+            for piece in 1..=wire.len() {
+                let got = read_response(spec, wire, piece);
+                assert_eq!(
+                    &got,
+                    expected,
+                    "{:?} in pieces of {piece}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
+        }
+        // A head that never ends is cut off.
+        let endless = [b"HTTP/1.1 200 OK\r\n".as_slice(), &[b'X'; MAX_HEAD + 10]].concat();
+        assert_eq!(
+            read_response(&plain, &endless, 4096),
+            Err(format!("response head over {MAX_HEAD} bytes"))
+        );
+    }
+
     #[test]
     fn invalid_specs_are_refused() {
         let mut spec = command_spec(&[], Duration::from_secs(1));
