@@ -208,8 +208,9 @@ impl Probes {
         self.epoll.ready().await;
     }
 
-    /// Takes the set's events and moves their probes on.
-    pub fn poll(&mut self, now: Instant) {
+    /// Takes the set's events and moves their probes on. The clock is read
+    /// per event, for the latency a probe reports.
+    pub fn poll(&mut self) {
         loop {
             if self.epoll.take_ready(&mut self.events).is_err() {
                 // EINTR: the next wake-up reads them.
@@ -222,7 +223,7 @@ impl Probes {
                     .ok()
                     .and_then(|fd| self.owners.get(fd));
                 if let Some(&token) = owner {
-                    self.advance(token, flags, now);
+                    self.advance(token, flags, Instant::now());
                 }
             }
             if n < EVENTS {
@@ -493,7 +494,7 @@ pub(super) async fn run_one(prepared: Arc<Prepared>) -> io::Result<CheckResult> 
         }
         let wake = probes.next_deadline();
         tokio::select! {
-            () = probes.ready() => probes.poll(Instant::now()),
+            () = probes.ready() => probes.poll(),
             () = super::runner::sleep_until(wake) => probes.expire(Instant::now()),
         }
     }

@@ -372,7 +372,7 @@ impl Scheduler {
                     Some(Control::Shutdown) | None => break,
                 },
                 () = self.probes.ready() => {
-                    self.probes.poll(Instant::now());
+                    self.probes.poll();
                     self.probes_finished();
                 }
                 Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => {
@@ -401,20 +401,22 @@ impl Scheduler {
             }
             // An early start counts as on time, so the schedule does not
             // drift by the coalescing.
-            self.start(i, at.max(now), now);
+            self.start(i, at.max(now));
         }
     }
 
-    /// Starts slot `i`'s check at `now`, on the schedule as of `scheduled`.
-    fn start(&mut self, i: usize, scheduled: Instant, now: Instant) {
+    /// Starts slot `i`'s check now, on the schedule as of `scheduled`.
+    fn start(&mut self, i: usize, scheduled: Instant) {
         let slot = &mut self.slots[i];
         slot.state.begin(scheduled);
         let prepared = slot.prepared.clone();
         let key = slot.key;
         if epoll::handles(&prepared) {
             // May finish at once (a connect refused on the spot): the
-            // result is picked up with the other probes' results.
-            let token = self.probes.start(key, i, prepared, now);
+            // result is picked up with the other probes' results. The
+            // clock is read per probe, not once per batch of starts, for
+            // the latency it reports.
+            let token = self.probes.start(key, i, prepared, Instant::now());
             self.slots[i].running = Some(Running::Probe(token));
         } else {
             let abort = self.running.spawn(async move {
