@@ -1,5 +1,5 @@
 //! The few OS calls the harness needs that std and vipgate do not offer:
-//! `recvmmsg(2)` for the sink, `SO_RCVBUFFORCE`, the timer slack of the
+//! `recvmmsg(2)` for the sink, `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`, the timer slack of the
 //! generator thread, and signals to processes the harness started.
 //!
 //! This is the crate's only module with `unsafe`; every block is one FFI
@@ -89,13 +89,23 @@ impl<const N: usize> Mmsg<N> {
 
 /// Sets the receive buffer beyond `net.core.rmem_max` (CAP_NET_ADMIN).
 pub fn set_rcvbuf_force(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    set_buffer_force(sock, libc::SO_RCVBUFFORCE, bytes)
+}
+
+/// Sets the send buffer beyond `net.core.wmem_max` (CAP_NET_ADMIN).
+pub fn set_sndbuf_force(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    set_buffer_force(sock, libc::SO_SNDBUFFORCE, bytes)
+}
+
+/// SO_RCVBUFFORCE or SO_SNDBUFFORCE to `bytes` (saturated to a c_int).
+fn set_buffer_force(sock: &impl AsRawFd, option: libc::c_int, bytes: usize) -> io::Result<()> {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&v`.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
+            option,
             (&v as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )

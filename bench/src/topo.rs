@@ -242,21 +242,28 @@ impl Topology {
     /// namespace it was mounted in, so this goes through `ip netns exec`,
     /// which mounts a fresh /sys for the namespace.
     fn rps(&self, ns: &NetNs, masks: &[(&str, &str)]) -> Result<()> {
-        let name = ns.name().ok_or_else(|| anyhow!("unnamed netns"))?;
         let script: String = masks
             .iter()
             .map(|(link, mask)| {
                 format!("echo {mask} > /sys/class/net/{link}/queues/rx-0/rps_cpus;")
             })
             .collect();
+        Topology::sh_in(ns, &script, "setting RPS")
+    }
+
+    /// Runs `sh -ec script` through `ip netns exec`, which mounts a /sys of
+    /// namespace `ns` (sysfs otherwise shows the links of the namespace it
+    /// was mounted in). A failure is "`what` in NAME: stderr".
+    pub fn sh_in(ns: &NetNs, script: &str, what: &str) -> Result<()> {
+        let name = ns.name().ok_or_else(|| anyhow!("unnamed netns"))?;
         let out = Command::new("ip")
-            .args(["netns", "exec", name, "sh", "-ec", &script])
+            .args(["netns", "exec", name, "sh", "-ec", script])
             .stdin(Stdio::null())
             .output()
             .context("running ip netns exec (iproute2)")?;
         if !out.status.success() {
             bail!(
-                "setting RPS in {name}: {}",
+                "{what} in {name}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use vipgate::netns::NetNs;
 use vipgate_dataplane::io::Verdict;
 
@@ -496,17 +496,7 @@ impl Xsk {
         }
         // Transmitted skbs are charged to the socket until the sink frees
         // them: room for every TX frame.
-        let sndbuf: libc::c_int = 64 << 20;
-        // SAFETY: `sndbuf` is a live c_int and its size is passed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                (&sndbuf as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        let _ = crate::sys::set_sndbuf_force(&fd, 64 << 20);
         let off = mmap_offsets(&fd)?;
         let raw = fd.as_raw_fd();
         let fill = Ring::map(raw, libc::XDP_UMEM_PGOFF_FILL_RING, &off.fr, n)?;
@@ -860,23 +850,10 @@ fn pin(pid: u32, core: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes `/sys/class/net/<link>/<file>` as seen from `ns` (through `ip
-/// netns exec`, which mounts a /sys of that namespace).
+/// Writes `/sys/class/net/<link>/<file>` as seen from `ns`.
 fn write_sysfs(ns: &NetNs, link: &str, file: &str, value: &str) -> Result<()> {
-    let name = ns.name().ok_or_else(|| anyhow!("unnamed netns"))?;
     let script = format!("echo {value} > /sys/class/net/{link}/{file}");
-    let out = Command::new("ip")
-        .args(["netns", "exec", name, "sh", "-ec", &script])
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip netns exec")?;
-    if !out.status.success() {
-        bail!(
-            "{script} in {name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    Topology::sh_in(ns, &script, &script)
 }
 
 #[cfg(test)]
