@@ -19,7 +19,7 @@
 //! Owns: the probe sockets (closed with RST when a probe ends or is
 //! dropped) and the epoll set. Must not: count results or decide health.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -59,7 +59,7 @@ pub(super) struct Probes {
     /// thread wakes only for a deadline that is due.
     deadlines: BTreeSet<(Instant, Token)>,
     events: Vec<Event>,
-    finished: Vec<Finished>,
+    finished: VecDeque<Finished>,
     /// File descriptor → the probe holding that socket (the sockets'
     /// events carry their descriptor, so a pooled socket changes hands
     /// without an EPOLL_CTL_MOD).
@@ -127,14 +127,14 @@ impl Probes {
             free: Vec::new(),
             deadlines: BTreeSet::new(),
             events: Vec::with_capacity(EVENTS),
-            finished: Vec::new(),
+            finished: VecDeque::new(),
             owners: Vec::new(),
             pool: Vec::new(),
         })
     }
 
     /// Starts a check of `prepared` (which [`handles`] must accept); its
-    /// result comes out of [`Probes::take_finished`] with `key`.
+    /// result comes out of [`Probes::next_finished`] with `key`.
     pub fn start(
         &mut self,
         key: u64,
@@ -172,9 +172,9 @@ impl Probes {
         }
     }
 
-    /// Results of the checks that ended since the last call.
-    pub fn take_finished(&mut self) -> std::vec::Drain<'_, Finished> {
-        self.finished.drain(..)
+    /// The next result of a check that ended, oldest first.
+    pub fn next_finished(&mut self) -> Option<Finished> {
+        self.finished.pop_front()
     }
 
     /// The earliest deadline of a probe.
@@ -385,7 +385,7 @@ impl Probes {
                         latency: now.saturating_duration_since(started),
                         at: now,
                     };
-                    self.finished.push((probe.key, result));
+                    self.finished.push_back((probe.key, result));
                 }
             }
             None => {
@@ -489,7 +489,7 @@ pub(super) async fn run_one(prepared: Arc<Prepared>) -> io::Result<CheckResult> 
     let mut probes = Probes::new()?;
     probes.start(0, 0, prepared, Instant::now());
     loop {
-        if let Some((_, result)) = probes.take_finished().next() {
+        if let Some((_, result)) = probes.next_finished() {
             return Ok(result);
         }
         let wake = probes.next_deadline();

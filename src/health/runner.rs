@@ -434,8 +434,7 @@ impl Scheduler {
     }
 
     fn probes_finished(&mut self) {
-        let done: Vec<epoll::Finished> = self.probes.take_finished().collect();
-        for (key, result) in done {
+        while let Some((key, result)) = self.probes.next_finished() {
             self.finished(key, result);
         }
     }
